@@ -1,0 +1,48 @@
+"""omp_init: transplant a new tokenizer into a pretrained causal LM with Orthogonal Matching Pursuit.
+
+Shared tokens keep the base model's rows; each new token is reconstructed, in the donor model's
+embedding space, as a sparse combination of k shared tokens (OMP), and the same coefficients are
+applied to those tokens' rows in the base model.
+
+Public API (what integrations may use): :func:`transplant`, :class:`TransplantConfig` and the
+errors.
+"""
+
+from .config import TransplantConfig
+from .errors import (
+    AlignmentError,
+    ConfigError,
+    DistributedError,
+    MissingDependencyError,
+    OmpInitError,
+    OutputExistsError,
+    ResumeMismatchError,
+    SourceError,
+)
+
+__version__ = "0.1.0"
+
+
+def transplant(config: TransplantConfig | None = None, **kwargs):
+    """Transplant the donor's tokenizer into the base model; see :func:`omp_init.transplant.transplant`.
+
+    Imported lazily so that ``import omp_init`` stays cheap (no torch/transformers import).
+    """
+    from .transplant import transplant as _transplant
+
+    return _transplant(config, **kwargs)
+
+
+__all__ = [
+    "transplant",
+    "TransplantConfig",
+    "OmpInitError",
+    "ConfigError",
+    "SourceError",
+    "MissingDependencyError",
+    "AlignmentError",
+    "OutputExistsError",
+    "ResumeMismatchError",
+    "DistributedError",
+    "__version__",
+]

@@ -1,0 +1,39 @@
+"""User-facing errors.
+
+Every problem a user can cause (a wrong path, a bad flag value, an input the method cannot
+handle) raises an :class:`OmpInitError` subclass whose message is one line: what is wrong,
+with the value, then the fix, naming the flag or key. ``omp_init.cli`` prints such errors
+without a traceback and exits with status 2; any other exception is a bug.
+"""
+
+
+class OmpInitError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class ConfigError(OmpInitError):
+    """An option value is invalid on its face (k <= 0, unknown method, ...)."""
+
+
+class SourceError(OmpInitError):
+    """A model or tokenizer source cannot be used (missing, pickled, not a causal LM, ...)."""
+
+
+class MissingDependencyError(OmpInitError):
+    """An optional package is needed; the message gives the exact ``pip install`` command."""
+
+
+class AlignmentError(OmpInitError):
+    """The two vocabularies cannot be transplanted (no shared tokens, k too large, ...)."""
+
+
+class OutputExistsError(OmpInitError):
+    """The output directory exists and ``--overwrite`` was not given."""
+
+
+class ResumeMismatchError(OmpInitError):
+    """Saved partial results were made with different inputs or options."""
+
+
+class DistributedError(OmpInitError):
+    """A rank failed or the process group is inconsistent; the message names the rank."""
