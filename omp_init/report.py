@@ -1,0 +1,117 @@
+"""The ``omp_init_report.json`` written next to every transplanted checkpoint.
+
+Schema (version 1), all JSON-native:
+
+- ``omp_init_version``, ``schema_version``, ``created_utc``, ``fingerprint``
+- ``config``: the resolved :class:`TransplantConfig`
+- ``inputs``: base / donor / tokenizer sources (kind, path, identity)
+- ``vocab``: sizes (base, donor, new, written rows) and counts of copied / solved / fallback /
+  padding tokens, specials matched and how
+- ``residuals``: per pass (``embed``, ``lm_head``) statistics of the relative reconstruction
+  residual ||target - combination|| / ||target|| in donor space, and the worst tokens
+- ``document_start``: what the transplanted tokenizer puts at the start of a document, and why
+- ``timings_s``: wall time per step; ``world_size``; ``device``
+- ``versions``: python, torch, transformers, tokenizers, safetensors
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from importlib import metadata
+from typing import Any
+
+import torch
+
+SCHEMA_VERSION = 1
+REPORT_NAME = "omp_init_report.json"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine the result."""
+    versions = {"python": platform.python_version()}
+    for name in ("omp_init", "torch", "transformers", "tokenizers", "safetensors", "accelerate"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def residual_statistics(
+    residual_norm: torch.Tensor,
+    target_norm: torch.Tensor,
+    token_labels: list[str],
+    n_worst: int = 20,
+) -> dict[str, Any]:
+    """Summary of relative residuals ``residual_norm / target_norm`` of one pass.
+
+    Args:
+        residual_norm: [T] float32.
+        target_norm: [T] float32 (zero targets count as residual 0).
+        token_labels: [T] printable token strings, for the worst-token list.
+    """
+    if residual_norm.numel() == 0:
+        return {"count": 0}
+    relative = residual_norm / target_norm.clamp_min(1e-12)
+    relative = torch.where(target_norm > 0, relative, torch.zeros_like(relative)).double()
+    quantiles = torch.quantile(relative, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    worst = torch.argsort(relative, descending=True)[:n_worst].tolist()
+    return {
+        "count": int(relative.numel()),
+        "mean_relative": float(relative.mean()),
+        "median_relative": float(quantiles[0]),
+        "p90_relative": float(quantiles[1]),
+        "p99_relative": float(quantiles[2]),
+        "max_relative": float(relative.max()),
+        "mean_absolute": float(residual_norm.double().mean()),
+        "worst_tokens": [{"token": token_labels[i], "relative_residual": round(float(relative[i]), 6)} for i in worst],
+    }
+
+
+def build_report(
+    *,
+    fingerprint: str,
+    config: dict[str, Any],
+    inputs: dict[str, Any],
+    vocab: dict[str, Any],
+    residuals: dict[str, Any],
+    document_start: dict[str, Any],
+    timings_s: dict[str, float],
+    world_size: int,
+    device: str,
+) -> dict[str, Any]:
+    """Assemble the report dict (see the module docstring for the schema)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "omp_init_version": package_versions().get("omp_init"),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
+        "config": config,
+        "inputs": inputs,
+        "vocab": vocab,
+        "residuals": residuals,
+        "document_start": document_start,
+        "timings_s": {name: round(value, 3) for name, value in timings_s.items()},
+        "world_size": world_size,
+        "device": device,
+        "versions": package_versions(),
+    }
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """A few human lines for stdout at the end of a run."""
+    vocab = report["vocab"]
+    lines = [
+        f"new vocabulary: {vocab['new_size']:,} tokens ({vocab['rows_written']:,} rows written)",
+        f"  copied from base: {vocab['copied']:,}  built by {report['config']['method']}: {vocab['solved']:,}"
+        f"  fallback: {vocab['fallback']:,}  padding: {vocab['padding']:,}",
+    ]
+    for name, stats in report["residuals"].items():
+        if stats.get("count"):
+            lines.append(
+                f"  {name} residual (relative, donor space): mean {stats['mean_relative']:.3f}"
+                f"  median {stats['median_relative']:.3f}  p90 {stats['p90_relative']:.3f}"
+            )
+    lines.append(f"  total time: {report['timings_s'].get('total', 0.0):.1f} s on {report['world_size']} rank(s), {report['device']}")
+    return "\n".join(lines)

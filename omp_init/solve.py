@@ -1,0 +1,147 @@
+"""One OMP pass over all new tokens: chunked, sharded across ranks, resumable, with progress.
+
+``omp.py`` knows the math on tensors; ``distributed.py`` knows ranks; ``resume.py`` knows files.
+This module puts them together for one embedding space (donor input embeddings, or donor
+lm_head when the donor is untied):
+
+1. the rows to solve are cut into chunks on a grid fixed by the problem size (never by the
+   number of ranks, so results are identical for any world size, and a restart may change it);
+2. each rank takes a contiguous run of chunks, skips chunks already saved, solves the rest on
+   its device with the dictionary resident there, and saves each finished chunk;
+3. the per-token results (atom indices, coefficients, residual norms) are gathered on rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .distributed import DistContext, gather_to_main, shard_range
+from .omp import solve_omp
+from .resume import ChunkStore
+
+logger = logging.getLogger(__name__)
+
+# Bytes one chunk's [rows, N] score matrix may take; fixes the chunk grid from N alone.
+_SCORE_BUDGET_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """Gathered result of one pass (on rank 0; ``None`` fields elsewhere).
+
+    Attributes:
+        indices: [T, k] int64, rows of the dictionary.
+        coefficients: [T, k] float32.
+        residual_norm: [T] float32, ||target - combination|| in donor space.
+        target_norm: [T] float32, ||target||.
+        elapsed_s: wall time of this rank's solve.
+    """
+
+    indices: torch.Tensor | None
+    coefficients: torch.Tensor | None
+    residual_norm: torch.Tensor | None
+    target_norm: torch.Tensor | None
+    elapsed_s: float
+
+
+def chunk_rows_for(n_dictionary: int, max_batch_tokens: int | None) -> int:
+    """Rows per chunk: the user's ``--max-batch-tokens`` or what fits the score budget.
+
+    Example: N = 39,234 atoms, bf16 scores -> 256 MiB / (39,234 * 4 B) ~ 1,710 -> 1,536 rows
+    (rounded down to a multiple of 256 for matmul-friendly shapes).
+    """
+    if max_batch_tokens:
+        return max_batch_tokens
+    rows = _SCORE_BUDGET_BYTES // max(1, n_dictionary * 4)
+    return int(max(256, min(8192, rows // 256 * 256)))
+
+
+def solve_pass(
+    name: str,
+    dictionary: torch.Tensor,
+    targets: torch.Tensor,
+    k: int,
+    *,
+    ctx: DistContext,
+    store: ChunkStore,
+    score_dtype: torch.dtype,
+    max_batch_tokens: int | None = None,
+    show_progress: bool = True,
+) -> PassResult:
+    """Solve OMP for every row of ``targets`` across all ranks; gather on rank 0.
+
+    Args:
+        name: pass name used for saved chunks and the progress bar (``embed`` / ``lm_head``).
+        dictionary: [N, d] float, donor rows of the shared tokens (any device; moved to ctx.device).
+        targets: [T, d] float, donor rows of the tokens to build.
+        k: atoms per token.
+        ctx: this rank's place in the job.
+        store: saved-chunk store (resume).
+        score_dtype: precision of candidate scoring (the refit is fp32 or better).
+        max_batch_tokens: rows per chunk; None picks from the dictionary size.
+    """
+    n_rows = targets.shape[0]
+    chunk = chunk_rows_for(dictionary.shape[0], max_batch_tokens)
+    n_chunks = math.ceil(n_rows / chunk) if n_rows else 0
+    first, last = shard_range(n_chunks, ctx.rank, ctx.world_size)
+    my_start, my_stop = first * chunk, min(last * chunk, n_rows)
+    counts = []  # rows held by each rank, for the gather
+    for rank in range(ctx.world_size):
+        r_first, r_last = shard_range(n_chunks, rank, ctx.world_size)
+        counts.append(max(0, min(r_last * chunk, n_rows) - r_first * chunk))
+    started = time.perf_counter()
+    dictionary_dev = dictionary.to(ctx.device, torch.float32)
+    parts: list[dict[str, torch.Tensor]] = []
+    bar = tqdm(
+        total=n_rows,
+        desc=f"OMP {name}",
+        unit="tok",
+        disable=not (show_progress and ctx.is_main),
+        dynamic_ncols=True,
+    )
+    for c in range(first, last):
+        start, stop = c * chunk, min((c + 1) * chunk, n_rows)
+        saved = store.load(name, start, stop)
+        if saved is None:
+            result = solve_omp(
+                dictionary_dev,
+                targets[start:stop].to(ctx.device, torch.float32),
+                k,
+                score_dtype=score_dtype,
+                batch_size=stop - start,
+            )
+            saved = {
+                "indices": result.indices.cpu(),
+                "coefficients": result.coefficients.cpu(),
+                "residual_norm": result.residual_norm.cpu(),
+                "target_norm": result.target_norm.cpu(),
+            }
+            store.save(name, start, stop, saved)
+        parts.append(saved)
+        # Rank 0 sees only its own shard; scale so the bar and ETA reflect the whole job.
+        bar.update((stop - start) * ctx.world_size if c < last - 1 else n_rows - bar.n)
+    bar.close()
+    elapsed_s = time.perf_counter() - started
+    logger.info("%sOMP %s: %d rows in %.1f s", ctx.prefix(), name, my_stop - my_start, elapsed_s)
+
+    def stacked(key: str, dtype: torch.dtype, width: tuple[int, ...]) -> torch.Tensor:
+        if parts:
+            return torch.cat([p[key] for p in parts])
+        return torch.empty((0, *width), dtype=dtype)
+
+    gathered = {
+        key: gather_to_main(stacked(key, dtype, width), counts, ctx)
+        for key, dtype, width in (
+            ("indices", torch.int64, (k,)),
+            ("coefficients", torch.float32, (k,)),
+            ("residual_norm", torch.float32, ()),
+            ("target_norm", torch.float32, ()),
+        )
+    }
+    return PassResult(elapsed_s=elapsed_s, **gathered)

@@ -1,0 +1,350 @@
+"""``transplant(config)``: the one place that knows the order of the steps.
+
+1. validate the options and the output path (cheap, before anything is loaded);
+2. resolve BASE, DONOR and the new tokenizer; align the vocabularies by exact bytes;
+3. read only the embedding / lm_head tensors of both models;
+4. solve OMP for the new tokens, sharded across ranks (one pass per donor space);
+5. on rank 0: assemble the new matrices, write the checkpoint atomically, write the report;
+   the other ranks wait.
+
+Each step's details live in its own module; this file only sequences them and carries timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import baselines, checkpoint, document_start, sources, vocab
+from .config import TransplantConfig
+from .distributed import DistContext, barrier, check_all_ranks, init_distributed, shutdown
+from .errors import AlignmentError, OmpInitError
+from .report import REPORT_NAME, build_report, residual_statistics, summarize
+from .resume import ChunkStore
+from .solve import solve_pass
+from .specials import load_special_map
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransplantResult:
+    """What a finished transplant returns (on every rank; ``report`` is rank 0's)."""
+
+    output: Path
+    report: dict[str, Any] | None
+
+    def summary(self) -> str:
+        return summarize(self.report) if self.report else ""
+
+
+@dataclass
+class _Inputs:
+    """Everything loaded in steps 2-3; lives only inside :func:`transplant`."""
+
+    base: sources.ModelSource
+    donor: sources.ModelSource
+    base_tokenizer: Any
+    new_tokenizer: Any
+    alignment: vocab.VocabAlignment
+    new_bytes: vocab.VocabBytes
+    base_bytes: vocab.VocabBytes
+    base_layout: checkpoint.EmbeddingLayout
+    base_embed: torch.Tensor
+    base_head: torch.Tensor | None
+    donor_embed: torch.Tensor
+    donor_head: torch.Tensor | None
+    doc_start: dict[str, Any]
+    tokenizer_identity: dict[str, Any]
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self._start}
+
+
+def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> TransplantResult:
+    """Transplant the donor's (or ``tokenizer``'s) tokenizer into the base model.
+
+    Args:
+        config: a :class:`TransplantConfig`; or pass its fields as keyword arguments
+            (``transplant(base=..., donor=..., output=..., k=64, method="omp")``).
+
+    Returns:
+        :class:`TransplantResult` with the output directory and the report.
+
+    Raises:
+        OmpInitError: for anything the user can fix (the message names the flag); nothing is
+            written to ``output`` then.
+    """
+    if config is None:
+        config = TransplantConfig.from_kwargs(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either a TransplantConfig or keyword arguments, not both")
+    timer = _Timer()
+    ctx = init_distributed(config.device)
+    try:
+        if ctx.is_main:
+            logger.info("omp-init transplant: %s", config.to_dict())
+        with timer.step("load"):
+            inputs = _load_inputs(config, ctx)
+        fingerprint = config.fingerprint(
+            {"base": inputs.base.identity, "donor": inputs.donor.identity, "tokenizer": inputs.tokenizer_identity}
+        )
+        store = ChunkStore(Path(config.output).with_name(Path(config.output).name + ".omp_init-partial"), fingerprint, config.resume)
+        with timer.step("solve"):
+            recipe_embed, recipe_head, residuals = _plan_rows(config, inputs, ctx, store)
+        report = None
+        error: BaseException | None = None
+        if ctx.is_main:
+            try:
+                with timer.step("write"):
+                    report = _write(config, inputs, recipe_embed, recipe_head, residuals, fingerprint, timer, ctx)
+                store.remove()
+            except BaseException as exc:  # re-raised below, after the other ranks hear of it
+                error = exc
+        check_all_ranks(ctx, error)
+        return TransplantResult(Path(config.output), report)
+    finally:
+        shutdown(ctx)
+
+
+def _load_inputs(config: TransplantConfig, ctx: DistContext) -> _Inputs:
+    """Steps 1-3. Rank 0 goes first so a ``.gguf`` is converted once, then the others read it."""
+    error: BaseException | None = None
+    inputs = None
+    for turn in ("main", "others"):
+        if (turn == "main") == ctx.is_main:
+            try:
+                inputs = _load_inputs_here(config)
+            except OmpInitError as exc:
+                error = exc
+        if turn == "main":
+            check_all_ranks(ctx, error if ctx.is_main else None)
+    check_all_ranks(ctx, error)
+    assert inputs is not None
+    return inputs
+
+
+def _load_inputs_here(config: TransplantConfig) -> _Inputs:
+    checkpoint.check_output_path(config.output, config.overwrite)
+    special_map = load_special_map(config.special_map) if config.special_map else None
+    common = {"allow_pickle": config.allow_pickle, "trust_remote_code": config.trust_remote_code, "cache_dir": config.cache_dir}
+    base = sources.resolve_model(config.base, role="base", **common)
+    donor = sources.resolve_model(config.donor, role="donor", **common)
+    base_tokenizer = sources.load_tokenizer(base.local_dir, role="base", trust_remote_code=config.trust_remote_code)
+    donor_tokenizer = sources.load_tokenizer(donor.local_dir, role="donor", trust_remote_code=config.trust_remote_code)
+    new_tokenizer = donor_tokenizer
+    tokenizer_identity: dict[str, Any] = {"from": "donor"}
+    if config.tokenizer:
+        new_tokenizer = sources.load_tokenizer(config.tokenizer, role="tokenizer", trust_remote_code=config.trust_remote_code)
+        tokenizer_identity = sources.path_identity(config.tokenizer)
+
+    base_bytes = vocab.token_bytes(base_tokenizer)
+    donor_bytes = vocab.token_bytes(donor_tokenizer)
+    new_bytes = donor_bytes if new_tokenizer is donor_tokenizer else vocab.token_bytes(new_tokenizer)
+    alignment = vocab.align_vocabularies(base_bytes, donor_bytes, new_bytes, special_map=special_map)
+    new_tokenizer, alignment, doc_start = document_start.apply_policy(
+        config.document_start, base_tokenizer, new_tokenizer, alignment
+    )
+    _check_alignment(config, alignment, len(new_tokenizer))
+
+    base_layout = checkpoint.locate_embeddings(base.local_dir, base.config, role="base")
+    donor_layout = checkpoint.locate_embeddings(donor.local_dir, donor.config, role="donor")
+    base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
+    donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
+    _check_rows(config.base, "base", base_embed, alignment.copy_base_ids + alignment.dict_base_ids)
+    _check_rows(config.donor, "donor", donor_embed, alignment.solve_donor_ids + alignment.dict_donor_ids)
+    return _Inputs(
+        base=base,
+        donor=donor,
+        base_tokenizer=base_tokenizer,
+        new_tokenizer=new_tokenizer,
+        alignment=alignment,
+        new_bytes=new_bytes,
+        base_bytes=base_bytes,
+        base_layout=base_layout,
+        base_embed=base_embed,
+        base_head=base_head,
+        donor_embed=donor_embed,
+        donor_head=donor_head,
+        doc_start=doc_start,
+        tokenizer_identity=tokenizer_identity,
+    )
+
+
+def _check_alignment(config: TransplantConfig, alignment: vocab.VocabAlignment, new_size: int) -> None:
+    """Data checks straight after alignment, before any tensor is read."""
+    n_dict = len(alignment.dict_base_ids)
+    if n_dict == 0:
+        raise AlignmentError(
+            f"--base {config.base} and --donor {config.donor} share no token by bytes, so there is nothing "
+            "to build new tokens from; check that the two tokenizers cover the same language/script."
+        )
+    if config.method == "omp" and alignment.solve_new_ids and config.k > n_dict:
+        raise AlignmentError(
+            f"--k {config.k} is larger than the {n_dict:,} tokens the two vocabularies share; pass --k {min(64, n_dict)} or less."
+        )
+    if config.vocab_size is not None and config.vocab_size < new_size:
+        raise AlignmentError(
+            f"--vocab-size {config.vocab_size:,} is smaller than the new tokenizer's {new_size:,} tokens; "
+            f"pass --vocab-size {new_size:,} or more (or leave it unset)."
+        )
+
+
+def _check_rows(spec: str, role: str, matrix: torch.Tensor, ids: list[int]) -> None:
+    """Every id the tokenizer uses must have a row in the embedding matrix."""
+    if ids and max(ids) >= matrix.shape[0]:
+        raise AlignmentError(
+            f"--{role} {spec}: its tokenizer uses id {max(ids):,} but its embedding has only {matrix.shape[0]:,} rows; "
+            "the tokenizer and the weights do not belong together."
+        )
+
+
+def _score_dtype(config: TransplantConfig) -> torch.dtype:
+    return torch.float32 if config.score_dtype == "float32" else torch.bfloat16
+
+
+def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
+    """Step 4: how each new row is built, per base matrix. Returns (embed recipe, head recipe, residual stats).
+
+    Which donor space serves which base matrix:
+    - base tied: only the input embedding is written -> OMP in the donor's input space;
+    - base untied, donor tied: one pass serves both base matrices;
+    - base untied, donor untied: input rows from the donor's input space, lm_head rows from
+      the donor's lm_head space (two passes).
+    """
+    alignment = inputs.alignment
+    if config.method != "omp":
+        pieces = None
+        if config.method == "fvt":
+            pieces = vocab.base_pieces(
+                [inputs.new_bytes.bytes_by_id[i] for i in alignment.solve_new_ids], inputs.base_tokenizer, inputs.base_bytes
+            )
+        recipe = baselines.baseline_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)
+        return recipe, recipe, {}
+    dict_donor = torch.tensor(alignment.dict_donor_ids, dtype=torch.long)
+    solve_donor = torch.tensor(alignment.solve_donor_ids, dtype=torch.long)
+    labels = [_label(inputs.new_bytes, i) for i in alignment.solve_new_ids]
+    spaces = {"embed": inputs.donor_embed}
+    base_needs_head = inputs.base_head is not None
+    if base_needs_head and inputs.donor_head is not None:
+        spaces["lm_head"] = inputs.donor_head
+    recipes, residuals = {}, {}
+    for name, donor_matrix in spaces.items():
+        result = solve_pass(
+            name,
+            donor_matrix[dict_donor],
+            donor_matrix[solve_donor],
+            config.k,
+            ctx=ctx,
+            store=store,
+            score_dtype=_score_dtype(config),
+            max_batch_tokens=config.max_batch_tokens,
+        )
+        if ctx.is_main:
+            recipes[name] = baselines.omp_recipe(result.indices, result.coefficients, alignment.dict_base_ids)
+            residuals[name] = residual_statistics(result.residual_norm, result.target_norm, labels)
+    barrier(ctx)
+    if not ctx.is_main:
+        return None, None, {}
+    return recipes["embed"], recipes.get("lm_head", recipes["embed"]), residuals
+
+
+def _label(new_bytes: vocab.VocabBytes, new_id: int) -> str:
+    """Printable form of a new token for reports: its text, or its special content."""
+    raw = new_bytes.bytes_by_id[new_id]
+    if raw is None:
+        return new_bytes.special_content_by_id.get(new_id, f"<id {new_id}>")
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _target_rows(config: TransplantConfig, new_size: int) -> int:
+    rows = max(new_size, config.vocab_size or 0)
+    if config.pad_to_multiple_of:
+        rows = -(-rows // config.pad_to_multiple_of) * config.pad_to_multiple_of
+    return rows
+
+
+def _assemble(base_matrix: torch.Tensor, recipe, alignment: vocab.VocabAlignment, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """New matrix [n_rows, d_base]: copied rows bit-exact, built rows from the recipe, the rest the mean."""
+    mean_row = base_matrix.float().mean(0)
+    # [n_rows, d_base]; padding rows (beyond the tokenizer) and fallback rows start as the mean
+    new = mean_row.to(dtype).expand(n_rows, -1).clone()
+    if alignment.copy_new_ids:
+        new[torch.tensor(alignment.copy_new_ids)] = base_matrix[torch.tensor(alignment.copy_base_ids)].to(dtype)
+    if alignment.solve_new_ids:
+        new[torch.tensor(alignment.solve_new_ids)] = baselines.build_rows(recipe, base_matrix).to(dtype)
+    return new
+
+
+def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, fingerprint, timer: _Timer, ctx) -> dict:
+    """Step 5 (rank 0): assemble matrices, write the checkpoint and the report atomically."""
+    alignment = inputs.alignment
+    new_size = len(inputs.new_tokenizer)
+    n_rows = _target_rows(config, new_size)
+    dtype = inputs.base_embed.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+    embed = _assemble(inputs.base_embed, recipe_embed, alignment, n_rows, dtype)
+    head = None
+    if inputs.base_head is not None:
+        head = _assemble(inputs.base_head, recipe_head, alignment, n_rows, dtype)
+    tok = inputs.new_tokenizer
+    special_ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    counts = alignment.counts()
+    vocab_report = {
+        "base_size": len(inputs.base_tokenizer),
+        "new_size": new_size,
+        "rows_written": n_rows,
+        "copied": len(alignment.copy_new_ids),
+        "solved": len(alignment.solve_new_ids),
+        "fallback": len(alignment.fallback_new_ids),
+        "padding": n_rows - new_size,
+        "dictionary": len(alignment.dict_base_ids),
+        "base_tied": inputs.base_head is None,
+        "details": counts,
+    }
+    report = build_report(
+        fingerprint=fingerprint,
+        config=config.to_dict(),
+        inputs={
+            "base": {"kind": inputs.base.kind, "path": str(inputs.base.local_dir), "identity": inputs.base.identity},
+            "donor": {"kind": inputs.donor.kind, "path": str(inputs.donor.local_dir), "identity": inputs.donor.identity},
+            "tokenizer": inputs.tokenizer_identity,
+        },
+        vocab=vocab_report,
+        residuals=residuals,
+        document_start=inputs.doc_start,
+        timings_s=timer.total(),
+        world_size=ctx.world_size,
+        device=str(ctx.device),
+    )
+    checkpoint.write_checkpoint(
+        inputs.base.local_dir,
+        config.output,
+        layout=inputs.base_layout,
+        embed_in=embed,
+        lm_head=head,
+        config_updates={"vocab_size": n_rows, **special_ids},
+        generation_config_updates={k: v for k, v in special_ids.items() if v is not None},
+        tokenizer=tok,
+        extra_json={REPORT_NAME: report},
+        overwrite=config.overwrite,
+    )
+    logger.info("wrote %s", config.output)
+    return report
