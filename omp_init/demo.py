@@ -57,7 +57,7 @@ def run_demo(output: str | Path = "omp-init-demo", cache_dir: str | None = None,
         "donor": str(donor_gguf),
         "transplanted_model": str(model_dir),
         "report": result.report,
-        "bits_per_byte": _bpb_table(scores, str(base_dir), str(model_dir)),
+        "bits_per_byte": _bpb_table(scores),
         "timings_s": {
             "fetch": round(fetched_s, 1),
             "transplant": round(transplanted_s, 1),
@@ -68,10 +68,11 @@ def run_demo(output: str | Path = "omp-init-demo", cache_dir: str | None = None,
     return summary
 
 
-def _bpb_table(scores: dict[str, Any], base_key: str, new_key: str) -> dict[str, Any]:
-    """{text: {base, transplanted, change_pct}} from an ``evaluate_models`` result."""
+def _bpb_table(scores: dict[str, Any]) -> dict[str, Any]:
+    """{text: {base, transplanted, change_pct}} from an ``evaluate_models`` result of [base, new]."""
     table = {}
     per_model = scores["models"]
+    base_key, new_key = list(per_model)  # labels, in the order the models were given
     for text, base_stats in per_model[base_key]["texts"].items():
         new_stats = per_model[new_key]["texts"][text]
         base_bpb, new_bpb = base_stats["bits_per_byte"], new_stats["bits_per_byte"]
