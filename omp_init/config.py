@@ -59,7 +59,7 @@ class TransplantConfig:
         k: number of shared tokens OMP combines per new token.
         method: ``omp`` or one of the baselines ``zero``, ``mean``, ``random``, ``fvt``.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
-        special_map: JSON file mapping new special tokens to base tokens or roles.
+        special_map: JSON file mapping new special tokens to base tokens (by content).
         pad_to_multiple_of: pad the new vocabulary's rows up to a multiple of this.
         vocab_size: pad the rows up to exactly this many (e.g. a draft matching its target).
         overwrite: replace ``output`` if it exists.
