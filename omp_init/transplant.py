@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from . import baselines, checkpoint, document_start, sources, vocab
+from . import baselines, checkpoint, diagnostics, document_start, sources, vocab
 from .config import TransplantConfig
 from .distributed import DistContext, barrier, check_all_ranks, init_distributed, shutdown
 from .errors import AlignmentError, OmpInitError
+from .omp import resolve_score_dtype
 from .report import REPORT_NAME, build_report, residual_statistics, summarize
 from .resume import ChunkStore
 from .solve import solve_pass
@@ -107,7 +108,10 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
         fingerprint = config.fingerprint(
             {"base": inputs.base.identity, "donor": inputs.donor.identity, "tokenizer": inputs.tokenizer_identity}
         )
-        store = ChunkStore(Path(config.output).with_name(Path(config.output).name + ".omp_init-partial"), fingerprint, config.resume)
+        store = ChunkStore(_partial_dir(config.output), fingerprint, enabled=config.resume and config.method == "omp")
+        if ctx.is_main:
+            store.prepare()
+        barrier(ctx)
         with timer.step("solve"):
             recipe_embed, recipe_head, residuals = _plan_rows(config, inputs, ctx, store)
         report = None
@@ -123,6 +127,12 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
         return TransplantResult(Path(config.output), report)
     finally:
         shutdown(ctx)
+
+
+def _partial_dir(output: str) -> Path:
+    """Where finished chunks wait for a restart: ``OUT.omp_init-partial`` next to OUT."""
+    out = Path(output)
+    return out.with_name(out.name + ".omp_init-partial")
 
 
 def _load_inputs(config: TransplantConfig, ctx: DistContext) -> _Inputs:
@@ -217,10 +227,6 @@ def _check_rows(spec: str, role: str, matrix: torch.Tensor, ids: list[int]) -> N
         )
 
 
-def _score_dtype(config: TransplantConfig) -> torch.dtype:
-    return torch.float32 if config.score_dtype == "float32" else torch.bfloat16
-
-
 def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
     """Step 4: how each new row is built, per base matrix. Returns (embed recipe, head recipe, residual stats).
 
@@ -237,7 +243,7 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
             pieces = vocab.base_pieces(
                 [inputs.new_bytes.bytes_by_id[i] for i in alignment.solve_new_ids], inputs.base_tokenizer, inputs.base_bytes
             )
-        recipe = baselines.baseline_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)
+        recipe = baselines.make_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)
         return recipe, recipe, {}
     dict_donor = torch.tensor(alignment.dict_donor_ids, dtype=torch.long)
     solve_donor = torch.tensor(alignment.solve_donor_ids, dtype=torch.long)
@@ -255,11 +261,11 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
             config.k,
             ctx=ctx,
             store=store,
-            score_dtype=_score_dtype(config),
+            score_dtype=resolve_score_dtype(config.score_dtype, ctx.device),
             max_batch_tokens=config.max_batch_tokens,
         )
         if ctx.is_main:
-            recipes[name] = baselines.omp_recipe(result.indices, result.coefficients, alignment.dict_base_ids)
+            recipes[name] = baselines.omp_recipe(result, torch.tensor(alignment.dict_base_ids, dtype=torch.long))
             residuals[name] = residual_statistics(result.residual_norm, result.target_norm, labels)
     barrier(ctx)
     if not ctx.is_main:
@@ -334,6 +340,13 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         world_size=ctx.world_size,
         device=str(ctx.device),
     )
+    # diagnostics.py: the digit-split check (paper: GSM8K collapses when base and new tokenizer
+    # cut numbers differently); logs a warning when they do.
+    report["diagnostics"] = {
+        "digits": diagnostics.digit_split_report(
+            inputs.base_tokenizer, tok, base_bytes=inputs.base_bytes, new_bytes=inputs.new_bytes
+        )
+    }
     checkpoint.write_checkpoint(
         inputs.base.local_dir,
         config.output,

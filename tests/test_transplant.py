@@ -1,0 +1,252 @@
+"""End-to-end transplants on tiny models of two tokenizer families (byte-level BPE base,
+SentencePiece donor), checked by construction: planted sparse combinations, bit-exact shared
+rows, tied/untied layouts, loadability, and every user error leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_builders import build_tiny_llama
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from omp_init import AlignmentError, OmpInitError, OutputExistsError, SourceError, transplant
+from omp_init.vocab import align_vocabularies, token_bytes
+
+EMBED = "model.embed_tokens.weight"
+HEAD = "lm_head.weight"
+
+
+def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def _alignment(base_dir, donor_dir):
+    base_tok, donor_tok = AutoTokenizer.from_pretrained(base_dir), AutoTokenizer.from_pretrained(donor_dir)
+    donor_bytes = token_bytes(donor_tok)
+    return align_vocabularies(token_bytes(base_tok), donor_bytes, donor_bytes)
+
+
+def _run(base, donor, out, **kwargs):
+    kwargs.setdefault("k", 8)
+    kwargs.setdefault("device", "cpu")
+    return transplant(base=str(base), donor=str(donor), output=str(out), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, byte_bpe_model_dir, sp_model_dir):
+    """A donor whose first new tokens are exact 3-atom combinations of shared tokens."""
+    donor = tmp_path_factory.mktemp("planted") / "donor"
+    shutil.copytree(sp_model_dir, donor)
+    alignment = _alignment(byte_bpe_model_dir, donor)
+    weights = _tensors(donor)
+    gen = torch.Generator().manual_seed(0)
+    plans = []
+    for row in range(6):
+        atoms = torch.randperm(len(alignment.dict_donor_ids), generator=gen)[:3]
+        coefs = torch.randn(3, generator=gen)
+        donor_ids = torch.tensor(alignment.dict_donor_ids)[atoms]
+        base_ids = torch.tensor(alignment.dict_base_ids)[atoms]
+        target_id = alignment.solve_donor_ids[row]
+        weights[EMBED][target_id] = coefs @ weights[EMBED][donor_ids]
+        plans.append((alignment.solve_new_ids[row], base_ids, coefs))
+    for path in donor.glob("*.safetensors"):
+        path.unlink()
+    save_file(weights, donor / "model.safetensors", metadata={"format": "pt"})
+    return donor, plans
+
+
+def test_planted_combinations_carry_over_to_base(tmp_path, byte_bpe_model_dir, planted):
+    donor, plans = planted
+    out = tmp_path / "out"
+    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32")
+    new_embed = _tensors(out)[EMBED]
+    base_embed = _tensors(byte_bpe_model_dir)[EMBED]
+    for new_id, base_ids, coefs in plans:
+        expected = coefs @ base_embed[base_ids]
+        torch.testing.assert_close(new_embed[new_id], expected, atol=1e-4, rtol=1e-4)
+    assert result.report["residuals"]["embed"]["count"] > len(plans)
+
+
+def test_shared_rows_bit_exact_and_tied_stays_tied(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    _run(byte_bpe_model_dir, sp_model_dir, out)
+    alignment = _alignment(byte_bpe_model_dir, sp_model_dir)
+    new, base = _tensors(out), _tensors(byte_bpe_model_dir)
+    assert HEAD not in new  # tied base stays tied
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    copied_new = torch.tensor(alignment.copy_new_ids)
+    copied_base = torch.tensor(alignment.copy_base_ids)
+    assert torch.equal(new[EMBED][copied_new], base[EMBED][copied_base])
+    for name, tensor in base.items():
+        if name != EMBED:
+            assert torch.equal(new[name], tensor), name
+
+
+def test_untied_base_gets_both_matrices(tmp_path, byte_bpe_untied_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    result = _run(byte_bpe_untied_model_dir, sp_model_dir, out)
+    new = _tensors(out)
+    tokenizer = AutoTokenizer.from_pretrained(sp_model_dir)
+    assert new[EMBED].shape[0] == new[HEAD].shape[0] == len(tokenizer)
+    assert not torch.equal(new[EMBED], new[HEAD])
+    # untied donor: each base matrix got its own OMP pass in the matching donor space
+    assert set(result.report["residuals"]) == {"embed", "lm_head"}
+
+
+def test_output_loads_and_generates(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    _run(byte_bpe_model_dir, sp_model_dir, out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tokenizer) == len(AutoTokenizer.from_pretrained(sp_model_dir))
+    ids = tokenizer("the quick brown fox", return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 4
+    report = json.loads((out / "omp_init_report.json").read_text())
+    assert report["vocab"]["copied"] + report["vocab"]["solved"] + report["vocab"]["fallback"] == len(tokenizer)
+
+
+def test_same_tokenizer_changes_no_weight(tmp_path, byte_bpe_model_dir, byte_bpe_untied_model_dir):
+    out = tmp_path / "out"
+    result = _run(byte_bpe_model_dir, byte_bpe_untied_model_dir, out)
+    assert result.report["vocab"]["solved"] == 0
+    new, base = _tensors(out), _tensors(byte_bpe_model_dir)
+    assert new.keys() == base.keys()
+    for name in base:
+        assert torch.equal(new[name], base[name]), name
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "random", "fvt"])
+def test_baselines_share_the_code_path(tmp_path, byte_bpe_model_dir, sp_model_dir, method):
+    out = tmp_path / method
+    result = _run(byte_bpe_model_dir, sp_model_dir, out, method=method)
+    assert result.report["config"]["method"] == method
+    new = _tensors(out)[EMBED]
+    alignment = _alignment(byte_bpe_model_dir, sp_model_dir)
+    solved = new[torch.tensor(alignment.solve_new_ids)]
+    if method == "zero":
+        assert torch.count_nonzero(solved) == 0
+    else:
+        assert torch.isfinite(solved).all() and torch.count_nonzero(solved) > 0
+
+
+def test_vocab_size_and_pad_to_multiple(tmp_path, byte_bpe_untied_model_dir, sp_model_dir):
+    out = tmp_path / "padded"
+    result = _run(byte_bpe_untied_model_dir, sp_model_dir, out, vocab_size=600, pad_to_multiple_of=64)
+    new = _tensors(out)
+    assert new[EMBED].shape[0] == new[HEAD].shape[0] == 640
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 640
+    assert result.report["vocab"]["padding"] == 640 - len(AutoTokenizer.from_pretrained(sp_model_dir))
+
+
+# --- errors: one line naming the flag, nothing written ---------------------------------
+
+
+def _assert_nothing_written(out: Path):
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_missing_path(tmp_path, sp_model_dir):
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="--base"):
+        _run(tmp_path / "nope", sp_model_dir, out)
+    _assert_nothing_written(out)
+
+
+def test_k_larger_than_shared_vocabulary(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    with pytest.raises(AlignmentError, match="--k"):
+        _run(byte_bpe_model_dir, sp_model_dir, out, k=100_000)
+    _assert_nothing_written(out)
+
+
+def test_existing_output_needs_overwrite(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _run(byte_bpe_model_dir, sp_model_dir, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    _run(byte_bpe_model_dir, sp_model_dir, out, overwrite=True)
+    assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+
+def _word_level_model(tmp_path, words, name):
+    vocab = {"<unk>": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<unk>")
+    return build_tiny_llama(fast, tmp_path / name)
+
+
+def test_zero_shared_tokens(tmp_path):
+    base = _word_level_model(tmp_path, ["alpha", "beta"], "base")
+    donor = _word_level_model(tmp_path, ["gamma", "delta"], "donor")
+    out = tmp_path / "out"
+    with pytest.raises(AlignmentError, match="share no token"):
+        _run(base, donor, out, k=1)
+    _assert_nothing_written(out)
+
+
+def test_pickled_weights_refused(tmp_path, byte_bpe_tokenizer, sp_model_dir):
+    model_dir = tmp_path / "pickled"
+    build_tiny_llama(byte_bpe_tokenizer, model_dir)
+    state = _tensors(model_dir)
+    for path in model_dir.glob("*.safetensors"):
+        path.unlink()
+    torch.save(state, model_dir / "pytorch_model.bin")
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="--allow-pickle"):
+        _run(model_dir, sp_model_dir, out)
+    _assert_nothing_written(out)
+
+
+def test_non_causal_model_refused(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    bert = tmp_path / "bert"
+    shutil.copytree(sp_model_dir, bert)
+    config = json.loads((bert / "config.json").read_text())
+    config.update(model_type="bert", architectures=["BertModel"])
+    (bert / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="causal"):
+        _run(byte_bpe_model_dir, bert, out)
+    _assert_nothing_written(out)
+
+
+def test_donor_without_embeddings(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    donor = tmp_path / "headless"
+    shutil.copytree(sp_model_dir, donor)
+    weights = _tensors(donor)
+    del weights[EMBED]
+    for path in donor.glob("*.safetensors"):
+        path.unlink()
+    save_file(weights, donor / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="--donor"):
+        _run(byte_bpe_model_dir, donor, out)
+    _assert_nothing_written(out)
+
+
+def test_errors_are_one_line(tmp_path, sp_model_dir):
+    with pytest.raises(OmpInitError) as info:
+        _run(tmp_path / "missing", sp_model_dir, tmp_path / "out")
+    assert "\n" not in str(info.value)
+
+
+def test_output_is_only_safetensors(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "out"
+    _run(byte_bpe_model_dir, sp_model_dir, out)
+    assert not list(out.glob("*.bin"))
+    with safe_open(out / "model.safetensors", "pt") as handle:
+        assert EMBED in handle.keys()
