@@ -1,0 +1,55 @@
+"""The command line: help texts, the one-line error contract, and a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omp_init.cli import build_parser, main
+
+
+def test_help_lists_subcommands_and_examples(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["transplant", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--base", "--donor", "--output", "--k", "--method", "--special-map", "--vocab-size", "--device"):
+        assert flag in out
+    assert "example:" in out
+
+
+def test_user_error_is_one_line_exit_2(tmp_path, capsys, sp_model_dir):
+    code = main(["transplant", "--base", str(tmp_path / "missing"), "--donor", str(sp_model_dir), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("omp-init: error: ") and "--base" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_k_is_reported_before_loading(tmp_path, capsys):
+    code = main(["transplant", "--base", "a", "--donor", "b", "--output", str(tmp_path / "o"), "--k", "0"])
+    assert code == 2 and "--k must be a positive integer" in capsys.readouterr().err
+
+
+def test_transplant_via_cli(tmp_path, capsys, byte_bpe_model_dir, sp_model_dir):
+    out = tmp_path / "o"
+    code = main(["transplant", "--base", str(byte_bpe_model_dir), "--donor", str(sp_model_dir), "--output", str(out), "--k", "4", "--device", "cpu"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "built by omp" in stdout and str(out) in stdout
+    assert json.loads((out / "omp_init_report.json").read_text())["config"]["k"] == 4
+
+
+def test_parser_fields_match_config():
+    """Every transplant flag maps to a TransplantConfig field of the same name."""
+    import dataclasses
+
+    from omp_init.config import TransplantConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["transplant"]
+    dests = {a.dest for a in sub._actions if a.dest != "help"}
+    fields = {f.name for f in dataclasses.fields(TransplantConfig)}
+    assert dests <= fields, dests - fields
