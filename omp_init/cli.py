@@ -1,4 +1,4 @@
-"""Command line: ``omp-init {transplant,demo,eval}`` (also ``python -m omp_init``).
+"""Command line: ``omp-init {transplant,inspect,demo,eval}`` (also ``python -m omp_init``).
 
 Each subcommand has a parser builder (with an example in its epilog) and a one-call handler.
 The CLI is the only place that configures logging or prints; it catches :class:`OmpInitError`
@@ -17,13 +17,19 @@ import sys
 from collections.abc import Sequence
 
 from .config import DOCUMENT_START_POLICIES, METHODS, OUTPUT_DTYPES, SCORE_DTYPES, TransplantConfig
-from .errors import OmpInitError
+from .errors import ConfigError, OmpInitError
 
 logger = logging.getLogger("omp_init")
 
 _TRANSPLANT_EXAMPLE = """example:
   omp-init transplant --base ./SmolLM2-135M --donor ./Qwen2.5-Coder-0.5B --output ./smollm2-qwen-tok
   accelerate launch -m omp_init transplant --base BASE --donor DONOR --output OUT   # all ranks share the OMP work
+"""
+
+_INSPECT_EXAMPLE = """example:
+  omp-init inspect ./SmolLM2-135M ./Qwen2.5-0.5B --json inspect.json
+  omp-init inspect ./Qwen2.5-0.5B ./Qwen2.5-0.5B --tokenizer gemma3/tokenizer.json   # another tokenizer, same donor space
+  omp-init inspect ./SmolLM2-135M ./Qwen2.5-0.5B --k 64 --sample 500                  # also OMP residuals of 500 new tokens
 """
 
 
@@ -78,6 +84,31 @@ def _run_transplant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .diagnostics import format_summary, inspect_transplant
+
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise ConfigError(f"--json {args.json!r}: its directory does not exist; create it or choose another path.")
+    result = inspect_transplant(
+        args.base,
+        args.donor,
+        tokenizer=args.tokenizer,
+        special_map=args.special_map,
+        k=args.k,
+        sample=args.sample,
+        top=args.top,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(format_summary(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2, ensure_ascii=False)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -112,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transplant a new tokenizer into a pretrained causal LM with Orthogonal Matching Pursuit.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{transplant,demo,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{transplant,inspect,demo,eval}")
 
     p = sub.add_parser(
         "transplant",
@@ -124,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_transplant_args(p)
     p.set_defaults(handler=_run_transplant)
+
+    p = sub.add_parser(
+        "inspect",
+        help="before a transplant: vocabulary overlap, digit-splitting mismatch, and (with --k) OMP residuals",
+        description="Read the tokenizers of BASE and DONOR (and, with --k, the donor's embeddings) and report what a "
+        "transplant would copy, build and miss, and whether the two tokenizers split numbers differently.",
+        epilog=_INSPECT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("base", help="base model or tokenizer: HF directory, tokenizer.json or .gguf")
+    p.add_argument("donor", help="donor model (or only its tokenizer, without --k): HF directory, tokenizer.json or .gguf")
+    p.add_argument("--tokenizer", help="the new tokenizer, when it is not the donor's (HF dir, tokenizer.json or .gguf)")
+    p.add_argument("--special-map", help="JSON file mapping new special tokens to base tokens, as for transplant")
+    p.add_argument("--k", type=int, help="also run OMP with k atoms on a sample of the new tokens (needs the donor's weights)")
+    p.add_argument("--sample", type=int, default=2000, help="new tokens reconstructed with --k (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default %(default)s)")
+    p.add_argument("--top", type=int, default=20, help="examples and worst tokens listed in the JSON (default %(default)s)")
+    p.add_argument("--json", help="also write the full result to this JSON file")
+    p.add_argument("--cache-dir", help="where converted .gguf models are kept (default ~/.cache/omp_init)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let transformers run tokenizer/model code shipped with a checkpoint")
+    p.set_defaults(handler=_run_inspect)
 
     p = sub.add_parser(
         "demo",
