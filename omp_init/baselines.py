@@ -54,6 +54,8 @@ class RowRecipe:
         noise_scale: [T] float32, weight of the per-dimension std times the random draw.
         seed: seed of the random draw (only read when some ``noise_scale`` is non-zero).
         n_mean_fallback: rows that fell back to the mean (fvt: no base pieces).
+        stat_rows: [n] int64 rows ``mean``/``std`` are taken over by default (centered OMP:
+            the dictionary's base rows); None means all rows.
     """
 
     method: str
@@ -63,6 +65,7 @@ class RowRecipe:
     noise_scale: Tensor
     seed: int = 0
     n_mean_fallback: int = 0
+    stat_rows: Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -117,24 +120,30 @@ def fvt_recipe(pieces: list[list[int]]) -> RowRecipe:
     )
 
 
-def omp_recipe(result: OmpResult, dictionary_base_ids: Tensor) -> RowRecipe:
+def omp_recipe(result: OmpResult, dictionary_base_ids: Tensor, *, centered: bool = False) -> RowRecipe:
     """Turn an OMP solution into base-row weights.
 
     Args:
         result: from :func:`omp_init.omp.solve_omp`; ``result.indices`` are dictionary rows.
         dictionary_base_ids: [N] int64, the base id of each dictionary row (shared token).
+        centered: OMP ran on rows minus the dictionary's mean (in donor space), so the new
+            row is the base dictionary mean plus the same combination of centered base rows:
+            ``mu + sum_j c_j (M[b_j] - mu) = sum_j c_j M[b_j] + (1 - sum_j c_j) mu``.
 
     Example: indices ``[[1, 0]]``, coefficients ``[[0.5, 2.0]]``, dictionary_base_ids
-    ``[40, 17]`` -> base_ids ``[[17, 40]]``, weights ``[[0.5, 2.0]]``.
+    ``[40, 17]`` -> base_ids ``[[17, 40]]``, weights ``[[0.5, 2.0]]`` (centered: plus
+    mean_weight ``[-1.5]`` over the dictionary rows).
     """
     mapping = dictionary_base_ids.to(result.indices.device, torch.long)
     n_new = result.indices.shape[0]
+    weights = result.coefficients.float()
     return RowRecipe(
         method="omp",
         base_ids=mapping[result.indices],
-        weights=result.coefficients.float(),
-        mean_weight=torch.zeros(n_new),
+        weights=weights,
+        mean_weight=(1.0 - weights.sum(1)).cpu() if centered else torch.zeros(n_new),
         noise_scale=torch.zeros(n_new),
+        stat_rows=mapping.cpu() if centered else None,
     )
 
 
@@ -195,6 +204,7 @@ def build_rows(recipe: RowRecipe, matrix: Tensor, *, stat_rows: Tensor | None = 
     has_mean, has_noise = bool(mean_weight.any()), bool(noise_scale.any())
     if not (has_mean or has_noise):
         return rows
+    stat_rows = recipe.stat_rows if stat_rows is None else stat_rows
     stats = matrix if stat_rows is None else matrix.index_select(0, stat_rows.to(matrix.device))
     mean, std = _row_statistics(stats)
     rows += mean_weight[:, None] * mean

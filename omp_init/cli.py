@@ -52,6 +52,13 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
         help="auto: if the base tokenizer starts documents with a token (e.g. <bos>) and the new one does not, add the new "
         "vocabulary's counterpart (default); never: leave the new tokenizer as it is",
     )
+    method.add_argument(
+        "--no-center",
+        dest="center",
+        action="store_false",
+        help="combine raw rows as in the paper instead of centered rows (an affine combination that keeps the rows' "
+        "common component; the default, measured better in docs/quality.md)",
+    )
     method.add_argument("--seed", type=int, default=defaults["seed"], help="seed of --method random")
     rows = parser.add_argument_group("rows written")
     rows.add_argument("--vocab-size", type=int, help="pad the embedding rows to exactly this many (e.g. a draft matching its target)")

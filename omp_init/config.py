@@ -44,6 +44,7 @@ _RESULT_FIELDS = (
     "seed",
     "document_start",
     "dtype",
+    "center",
 )
 
 
@@ -73,6 +74,9 @@ class TransplantConfig:
         dtype: dtype of the written embedding matrices; ``auto`` keeps the base's.
         cache_dir: where converted ``.gguf`` models and resume chunks are kept.
         resume: reuse finished chunks of an interrupted run with the same fingerprint.
+        center: run OMP on rows minus the dictionary mean and rebuild base rows as the base
+            dictionary mean plus the same combination (an affine combination); False is the
+            paper's plain combination, kept for comparison.
     """
 
     base: str
@@ -95,6 +99,7 @@ class TransplantConfig:
     dtype: OutputDtype = "auto"
     cache_dir: str | None = None
     resume: bool = True
+    center: bool = True
 
     def __post_init__(self) -> None:
         problems = _find_problems(self)

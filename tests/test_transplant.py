@@ -42,37 +42,43 @@ def _run(base, donor, out, **kwargs):
     return transplant(base=str(base), donor=str(donor), output=str(out), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, byte_bpe_model_dir, sp_model_dir):
-    """A donor whose first new tokens are exact 3-atom combinations of shared tokens."""
+def _plant(tmp_path_factory, base_dir, donor_dir, *, centered: bool):
+    """A donor whose first new tokens are exact 3-atom combinations of shared tokens.
+
+    Plain: ``t = sum c_j d_j``, so the base row must be ``sum c_j b_j``. Centered: ``t = mu_d +
+    sum c_j (d_j - mu_d)`` with mu the dictionary mean, so the base row must be ``mu_b + sum
+    c_j (b_j - mu_b)``.
+    """
     donor = tmp_path_factory.mktemp("planted") / "donor"
-    shutil.copytree(sp_model_dir, donor)
-    alignment = _alignment(byte_bpe_model_dir, donor)
+    shutil.copytree(donor_dir, donor)
+    alignment = _alignment(base_dir, donor)
     weights = _tensors(donor)
+    base_embed = _tensors(base_dir)[EMBED]
+    dict_donor, dict_base = torch.tensor(alignment.dict_donor_ids), torch.tensor(alignment.dict_base_ids)
+    mu_donor = weights[EMBED][dict_donor].mean(0) if centered else 0.0
+    mu_base = base_embed[dict_base].mean(0) if centered else 0.0
     gen = torch.Generator().manual_seed(0)
     plans = []
     for row in range(6):
-        atoms = torch.randperm(len(alignment.dict_donor_ids), generator=gen)[:3]
+        atoms = torch.randperm(len(dict_donor), generator=gen)[:3]
         coefs = torch.randn(3, generator=gen)
-        donor_ids = torch.tensor(alignment.dict_donor_ids)[atoms]
-        base_ids = torch.tensor(alignment.dict_base_ids)[atoms]
         target_id = alignment.solve_donor_ids[row]
-        weights[EMBED][target_id] = coefs @ weights[EMBED][donor_ids]
-        plans.append((alignment.solve_new_ids[row], base_ids, coefs))
+        weights[EMBED][target_id] = mu_donor + coefs @ (weights[EMBED][dict_donor[atoms]] - mu_donor)
+        expected = mu_base + coefs @ (base_embed[dict_base[atoms]] - mu_base)
+        plans.append((alignment.solve_new_ids[row], expected))
     for path in donor.glob("*.safetensors"):
         path.unlink()
     save_file(weights, donor / "model.safetensors", metadata={"format": "pt"})
     return donor, plans
 
 
-def test_planted_combinations_carry_over_to_base(tmp_path, byte_bpe_model_dir, planted):
-    donor, plans = planted
+@pytest.mark.parametrize("centered", [True, False], ids=["centered", "plain"])
+def test_planted_combinations_carry_over_to_base(tmp_path, tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered):
+    donor, plans = _plant(tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered=centered)
     out = tmp_path / "out"
-    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32")
+    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32", center=centered)
     new_embed = _tensors(out)[EMBED]
-    base_embed = _tensors(byte_bpe_model_dir)[EMBED]
-    for new_id, base_ids, coefs in plans:
-        expected = coefs @ base_embed[base_ids]
+    for new_id, expected in plans:
         torch.testing.assert_close(new_embed[new_id], expected, atol=1e-4, rtol=1e-4)
     assert result.report["residuals"]["embed"]["count"] > len(plans)
 
