@@ -33,8 +33,19 @@ def transplant(config: TransplantConfig | None = None, **kwargs):
     return _transplant(config, **kwargs)
 
 
+def expected_fingerprint(config: TransplantConfig) -> str | None:
+    """Fingerprint a transplant of ``config`` would store, computed without loading anything.
+
+    See :func:`omp_init.transplant.expected_fingerprint`.
+    """
+    from .transplant import expected_fingerprint as _expected
+
+    return _expected(config)
+
+
 __all__ = [
     "transplant",
+    "expected_fingerprint",
     "TransplantConfig",
     "OmpInitError",
     "ConfigError",

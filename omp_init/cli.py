@@ -138,7 +138,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         baseline=args.baseline,
     )
     write_report(result, args.output, baseline=args.baseline)
-    print((os.path.join(args.output, "eval.md")))
+    print(os.path.join(args.output, "eval.md"))
     with open(os.path.join(args.output, "eval.md")) as handle:
         print(handle.read())
     return 0

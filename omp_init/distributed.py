@@ -133,7 +133,7 @@ def gather_to_main(local: torch.Tensor, counts: list[int], ctx: DistContext) -> 
     dist.all_gather(gathered, padded)
     if not ctx.is_main:
         return None
-    return torch.cat([part[:count] for part, count in zip(gathered, counts)]).to(local.device)
+    return torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)]).to(local.device)
 
 
 def barrier(ctx: DistContext) -> None:

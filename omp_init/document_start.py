@@ -99,7 +99,7 @@ def _with_prefix(tokenizer, token: str, token_id: int):
 
 def _copy_row(alignment, new_id: int, base_id: int):
     """Make ``new_id`` a bit-exact copy of ``base_id`` in the alignment (replacing any other plan)."""
-    copy_pairs = [(n, b, how) for n, b, how in zip(alignment.copy_new_ids, alignment.copy_base_ids, alignment.copy_how) if n != new_id]
+    copy_pairs = [(n, b, how) for n, b, how in zip(alignment.copy_new_ids, alignment.copy_base_ids, alignment.copy_how, strict=True) if n != new_id]
     copy_pairs.append((new_id, base_id, "document_start"))
     keep = [i for i, n in enumerate(alignment.solve_new_ids) if n != new_id]
     return replace(

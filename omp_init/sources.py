@@ -217,6 +217,7 @@ def _resolve_hf_dir(
     trust_remote_code: bool,
     cache_root: Path,
 ) -> ModelSource:
+    original_dir = local_dir  # identity is taken here, before any pickle conversion
     if not (local_dir / "config.json").is_file():
         raise SourceError(
             f"{flag} {spec!r} has no config.json; pass a Hugging Face model directory "
@@ -240,13 +241,7 @@ def _resolve_hf_dir(
                 "pass --allow-pickle to convert them to safetensors, or convert them yourself."
             )
         local_dir = _convert_pickled(local_dir, pickles, cache_root / "pickle", flag, spec)
-        weight_files = list_weight_files(local_dir)
-    identity: dict[str, Any] = {
-        "kind": kind,
-        "files": _file_identity(local_dir, ["config.json", *weight_files]),
-    }
-    if kind == "hub":
-        identity["revision"] = local_dir.name  # snapshot directories are named by commit
+    identity = _directory_identity(original_dir, kind)
     return ModelSource(spec=spec, kind=kind, local_dir=local_dir, config=config, identity=identity)
 
 
@@ -462,6 +457,36 @@ def _file_identity(model_dir: Path, names: list[str]) -> dict[str, dict[str, int
     return out
 
 
+def _directory_identity(model_dir: Path, kind: str) -> dict[str, Any]:
+    """Sizes and mtimes of every file of a model directory: weights, config and tokenizer."""
+    names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    identity: dict[str, Any] = {"kind": kind, "files": _file_identity(model_dir, names)}
+    if kind == "hub":
+        identity["revision"] = model_dir.name  # snapshot directories are named by commit
+    return identity
+
+
+def _gguf_source_identity(gguf_path: Path) -> dict[str, Any]:
+    return {"kind": "gguf", "gguf": gguf_identity(gguf_path)}
+
+
+def source_identity(spec: str) -> dict[str, Any] | None:
+    """The identity :func:`resolve_model` gives ``spec``, computed without converting or loading.
+
+    Used to decide whether an existing checkpoint was made from the same inputs (axolotl
+    reuse). ``None`` for a hub id: its identity is known only after the download.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _gguf_source_identity(path)
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return _gguf_source_identity(ggufs[0])
+        return _directory_identity(path, "hf_dir")
+    return None
+
+
 def path_identity(spec: str | Path) -> dict[str, Any]:
     """Identity of a ``--tokenizer`` path for the fingerprint (sizes and mtimes, nothing read).
 
@@ -508,7 +533,7 @@ def _resolve_gguf(
     config = load_causal_lm_config(
         local_dir, spec=spec, role=flag[2:], trust_remote_code=trust_remote_code
     )
-    identity = {"kind": "gguf", "gguf": gguf_identity(gguf_path)}
+    identity = _gguf_source_identity(gguf_path)
     return ModelSource(
         spec=spec, kind="gguf", local_dir=local_dir, config=config, identity=identity
     )

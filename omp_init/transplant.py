@@ -105,9 +105,7 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
             logger.info("omp-init transplant: %s", config.to_dict())
         with timer.step("load"):
             inputs = _load_inputs(config, ctx)
-        fingerprint = config.fingerprint(
-            {"base": inputs.base.identity, "donor": inputs.donor.identity, "tokenizer": inputs.tokenizer_identity}
-        )
+        fingerprint = _fingerprint(config, inputs.base.identity, inputs.donor.identity, inputs.tokenizer_identity)
         store = ChunkStore(_partial_dir(config.output), fingerprint, enabled=config.resume and config.method == "omp")
         if ctx.is_main:
             store.prepare()
@@ -127,6 +125,27 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
         return TransplantResult(Path(config.output), report)
     finally:
         shutdown(ctx)
+
+
+def _fingerprint(config: TransplantConfig, base: dict, donor: dict, tokenizer: dict) -> str:
+    return config.fingerprint({"base": base, "donor": donor, "tokenizer": tokenizer})
+
+
+def _tokenizer_identity(config: TransplantConfig) -> dict[str, Any]:
+    return sources.path_identity(config.tokenizer) if config.tokenizer else {"from": "donor"}
+
+
+def expected_fingerprint(config: TransplantConfig) -> str | None:
+    """The fingerprint :func:`transplant` would store for ``config``, without loading anything.
+
+    Compare it with ``omp_init_report.json``'s ``fingerprint`` to decide whether an existing
+    output is current (the axolotl plugin reuses it then). ``None`` when an input is a hub id,
+    whose identity is known only after the download.
+    """
+    base, donor = sources.source_identity(config.base), sources.source_identity(config.donor)
+    if base is None or donor is None:
+        return None
+    return _fingerprint(config, base, donor, _tokenizer_identity(config))
 
 
 def _partial_dir(output: str) -> Path:
@@ -161,10 +180,8 @@ def _load_inputs_here(config: TransplantConfig) -> _Inputs:
     base_tokenizer = sources.load_tokenizer(base.local_dir, role="base", trust_remote_code=config.trust_remote_code)
     donor_tokenizer = sources.load_tokenizer(donor.local_dir, role="donor", trust_remote_code=config.trust_remote_code)
     new_tokenizer = donor_tokenizer
-    tokenizer_identity: dict[str, Any] = {"from": "donor"}
     if config.tokenizer:
         new_tokenizer = sources.load_tokenizer(config.tokenizer, role="tokenizer", trust_remote_code=config.trust_remote_code)
-        tokenizer_identity = sources.path_identity(config.tokenizer)
 
     base_bytes = vocab.token_bytes(base_tokenizer)
     donor_bytes = vocab.token_bytes(donor_tokenizer)
@@ -195,7 +212,7 @@ def _load_inputs_here(config: TransplantConfig) -> _Inputs:
         donor_embed=donor_embed,
         donor_head=donor_head,
         doc_start=doc_start,
-        tokenizer_identity=tokenizer_identity,
+        tokenizer_identity=_tokenizer_identity(config),
     )
 
 

@@ -8,7 +8,7 @@ def test_shard_range_covers_everything_once():
         for world in (1, 2, 3, 8):
             ranges = [shard_range(n, r, world) for r in range(world)]
             assert ranges[0][0] == 0 and ranges[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in zip(ranges[:-1], ranges[1:], strict=True))
             sizes = [stop - start for start, stop in ranges]
             assert max(sizes) - min(sizes) <= 1
 

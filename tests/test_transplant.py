@@ -256,3 +256,13 @@ def test_output_is_only_safetensors(tmp_path, byte_bpe_model_dir, sp_model_dir):
     assert not list(out.glob("*.bin"))
     with safe_open(out / "model.safetensors", "pt") as handle:
         assert EMBED in handle.keys()
+
+
+def test_expected_fingerprint_matches_the_report(tmp_path, byte_bpe_model_dir, sp_model_dir):
+    from omp_init import TransplantConfig, expected_fingerprint
+
+    config = TransplantConfig(base=str(byte_bpe_model_dir), donor=str(sp_model_dir), output=str(tmp_path / "o"), k=4, device="cpu")
+    result = transplant(config)
+    assert expected_fingerprint(config) == result.report["fingerprint"]
+    assert expected_fingerprint(TransplantConfig(**{**config.to_dict(), "k": 5})) != result.report["fingerprint"]
+    assert expected_fingerprint(TransplantConfig(**{**config.to_dict(), "base": "org/hub-model"})) is None
