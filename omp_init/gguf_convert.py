@@ -213,16 +213,17 @@ def _write_conversion(gguf_path: Path, local_dir: Path, flag: str) -> None:
             "converter_version": GGUF_CONVERTER_VERSION,
         }
         (tmp / "omp_init_gguf.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        _rename_into_cache(tmp, local_dir)
+        rename_into_cache(tmp, local_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _rename_into_cache(tmp: Path, final: Path) -> None:
-    """Atomically publish ``tmp`` as ``final``; if another process won the race, keep theirs."""
-    # The same few lines as in sources.py (pickle conversion), kept apart so neither module
-    # imports the other's internals.
+def rename_into_cache(tmp: Path, final: Path) -> None:
+    """Atomically publish ``tmp`` as ``final``; if another process won the race, keep theirs.
+
+    Shared with ``sources.py`` (its cached pickle conversions).
+    """
     try:
         os.rename(tmp, final)
     except OSError:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import DistContext, gather_to_main, shard_range
-from .omp import solve_omp
+from .omp import prepare_dictionary, solve_omp
 from .resume import ChunkStore
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,9 @@ def solve_pass(
         r_first, r_last = shard_range(n_chunks, rank, ctx.world_size)
         counts.append(max(0, min(r_last * chunk, n_rows) - r_first * chunk))
     started = time.perf_counter()
-    dictionary_dev = dictionary.to(ctx.device, torch.float32)
+    # Converted once per pass (and its Gram matrix built once, when the screened path pays);
+    # the algorithm is chosen from the whole pass's size, so every rank chooses alike.
+    prepared = prepare_dictionary(dictionary.to(ctx.device, torch.float32), score_dtype=score_dtype, n_targets=n_rows, k=k)
     parts: list[dict[str, torch.Tensor]] = []
     bar = tqdm(
         total=n_rows,
@@ -109,13 +111,7 @@ def solve_pass(
         start, stop = c * chunk, min((c + 1) * chunk, n_rows)
         saved = store.load(name, start, stop)
         if saved is None:
-            result = solve_omp(
-                dictionary_dev,
-                targets[start:stop].to(ctx.device, torch.float32),
-                k,
-                score_dtype=score_dtype,
-                batch_size=stop - start,
-            )
+            result = solve_omp(prepared, targets[start:stop].to(ctx.device, torch.float32), k)
             saved = {
                 "indices": result.indices.cpu(),
                 "coefficients": result.coefficients.cpu(),

@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .checkpoint import list_weight_files
 from .errors import SourceError
-from .gguf_convert import convert_gguf, gguf_identity, load_gguf_tokenizer
+from .gguf_convert import convert_gguf, gguf_identity, load_gguf_tokenizer, rename_into_cache
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def _convert_pickled(
                 "weight_map": dict(sorted(weight_map.items())),
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        _rename_into_cache(tmp, out)
+        rename_into_cache(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -511,16 +511,6 @@ def path_identity(spec: str | Path) -> dict[str, Any]:
         if len(ggufs) == 1:
             identity["gguf"] = gguf_identity(path / ggufs[0])
     return identity
-
-
-def _rename_into_cache(tmp: Path, final: Path) -> None:
-    """Atomically publish ``tmp`` as ``final``; if another process won the race, keep theirs."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- GGUF (the conversion itself is gguf_convert.py's) ---------------------------------------
