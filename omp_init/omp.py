@@ -6,18 +6,13 @@ whose combination approximates it, then apply those coefficients to another matr
 rows of the same shared tokens). It takes and returns tensors only: reading checkpoints,
 choosing the device, sharding rows over ranks and drawing progress bars belong to the callers.
 
-How one greedy step works, for a batch of B targets at once:
-
-1. score every atom against the residual, ``residual @ atoms.T`` ([B, N]); this is the
-   FLOP-dominant part (2*T*N*d*k in total), done in ``score_dtype`` (bf16 by default);
-2. take the best ``_N_CANDIDATES`` not-yet-selected atoms by |score| and re-score only those
-   in fp32, so reduced-precision scoring changes a pick only when the exact winner is not
-   among the reduced-precision top few (measured in ``scripts/bench_omp.py``);
-3. extend the Cholesky factor L of the selected atoms' Gram matrix (L @ L.T = A @ A.T) by one
-   row, in fp64: an atom (numerically) inside the span of those already selected gets a unit
-   pivot and coefficient 0 instead of a NaN;
-4. refit all selected coefficients by least squares (two triangular solves with L) and
-   recompute the residual ``target - coef @ A`` from the refit.
+Two paths solve the same problem. ``omp_exact`` scores the residual against every atom at
+every step (2*T*N*d*k FLOPs). ``omp_screened`` precomputes the atoms' Gram matrix once per
+dictionary and follows a few hundred candidate atoms per target between six full re-scorings
+(k=64): on the real SmolLM2 / Qwen2.5 embeddings 3-5x faster than the exact bf16 path on CPU,
+within 0.3% of exact fp32 OMP's mean residual (``docs/performance.md``).
+:func:`prepare_dictionary` converts a dictionary once (and decides whether the Gram matrix
+pays); :func:`solve_omp` solves targets with it, chunk after chunk.
 
 Example (one target, three atoms)::
 
@@ -30,28 +25,36 @@ Example (one target, three atoms)::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from . import omp_exact, omp_screened
 from .errors import AlignmentError, ConfigError, SourceError
 
 logger = logging.getLogger(__name__)
 
 # Memory the per-batch working set may take when batch_size is None (see pick_batch_size).
 BATCH_MEMORY_BYTES = 1 << 30
-# Atoms re-scored exactly per step after reduced-precision scoring (B*4*d per step against
-# B*N*d for the scoring). On embedding-like rows (N=20k, d=896, k=64) bf16 without it picks
-# the fp32 atoms in 48% of slots, with 2 candidates 97.5%, with 4 99.8% (8 or 16: the same).
-_N_CANDIDATES = 4
-# An atom whose squared distance to the span of the selected atoms is below this fraction of
-# its squared norm is treated as linearly dependent (sin(angle) < 1e-5): an exact duplicate,
-# a zero row or an fp32-rounded combination of selected atoms.
-_PIVOT_RTOL = 1e-10
-# Memory a chunk of apply_coefficients may take for its gathered rows.
-_APPLY_CHUNK_BYTES = 256 << 20
+# Memory a chunk of apply_coefficients may take for its gathered rows: small enough to be
+# reused from the heap (glibc maps larger blocks afresh, and faulting their pages in costs
+# more than the product).
+_APPLY_CHUNK_BYTES = 16 << 20
+# Largest Gram matrix the screened path builds by default: a quarter of the machine's RAM (a
+# fixed fraction of a fixed total, so every rank of a job makes the same choice), at most 8 GiB;
+# 40% of the device's memory on CUDA.
+_GRAM_MAX_BYTES = 8 << 30
+# Work of one screened step between screens (candidate scores, Gram gathers, refit share), in
+# units of one full scoring GEMM row (N*d multiply-adds): on CPU with the real Qwen2.5 <-
+# SmolLM2 rows (d=576, M=512) 64 steps cost about as much as 16 GEMM rows (docs/performance.md).
+_SCREENED_STEP_COST = 0.25
+
+Algorithm = Literal["auto", "exact", "screened"]
+ALGORITHMS = ("auto", "exact", "screened")
 
 
 @dataclass(frozen=True)
@@ -83,25 +86,30 @@ class OmpResult:
 
 
 @dataclass(frozen=True)
-class _Dictionary:
-    """The dictionary prepared once, resident on its device."""
+class PreparedDictionary:
+    """A dictionary converted once for :func:`solve_omp`, resident on its device.
 
-    atoms: Tensor  # [N, d] float32, the dictionary rows
-    score_atoms: Tensor  # [N, d] score_dtype, rows scaled to unit norm when normalize_atoms
-    score_scale: Tensor  # [N] float32, what exact scores are multiplied by (1/norm, 0, or 1)
+    Build it with :func:`prepare_dictionary` and pass it to every :func:`solve_omp` call of a
+    pass (one per chunk), so the conversions and the Gram matrix are paid once.
 
+    Attributes:
+        atoms: [N, d] float32, the dictionary rows.
+        score_atoms: [N, d] score dtype, rows scaled to unit norm when ``normalize_atoms``.
+        score_scale: [N] float32, what exact scores are multiplied by (1/norm, 0, or 1).
+        gram: [N, N] score dtype, ``score_atoms @ score_atoms.T``; None when the screened path
+            was not chosen (see :func:`prepare_dictionary`).
+        normalize_atoms: whether atoms are picked by |correlation| / norm.
+    """
 
-@dataclass
-class _BatchState:
-    """Per-batch buffers of the incremental least-squares fit; B rows, k slots."""
+    atoms: Tensor
+    score_atoms: Tensor
+    score_scale: Tensor
+    gram: Tensor | None
+    normalize_atoms: bool
 
-    targets: Tensor  # [B, d] float64
-    indices: Tensor  # [B, k] int64, dictionary rows picked so far
-    picked: Tensor  # [B, k, d] float64, the picked atoms (zeroed where dependent)
-    chol: Tensor  # [B, k, k] float64, lower Cholesky factor of the picked atoms' Gram
-    chol_rhs: Tensor  # [B, k] float64, solution z of chol @ z = picked @ target
-    is_active: Tensor  # [B] bool, rows still above residual_tol
-    n_steps: Tensor  # [B] int64
+    @property
+    def score_dtype(self) -> torch.dtype:
+        return self.score_atoms.dtype
 
 
 def resolve_score_dtype(name: str, device: torch.device | str) -> torch.dtype:
@@ -136,47 +144,144 @@ def pick_batch_size(
     k: int,
     score_dtype: torch.dtype = torch.bfloat16,
     memory_bytes: int = BATCH_MEMORY_BYTES,
+    algorithm: Literal["exact", "screened"] = "exact",
 ) -> int:
     """Rows per batch so that one batch's working set stays within ``memory_bytes``.
 
-    Per row: the score row (N values in ``score_dtype`` plus its integer view), the picked
-    atoms (k*d fp64) and their fp32 copy for the final residual, the Cholesky factor (k*k
-    fp64) and a few d-vectors. Example: N=20000, d=896, k=64, bf16 -> about 1300 rows per GiB.
+    Exact path, per row: the score row (N values in ``score_dtype`` plus its integer view),
+    the picked atoms (k*d fp64) and their fp32 copy for the final residual, the Cholesky
+    factor (k*k fp64) and a few d-vectors. Screened path: the score row and its keys, the
+    candidates' basis scores (k*M fp32) and per-candidate state, the factor, a few d-vectors.
+    Example: N=20000, d=896, k=64, bf16 -> about 1300 exact rows per GiB.
     """
     score_bytes = torch.empty((), dtype=score_dtype).element_size()
-    per_row = n_atoms * score_bytes + k * dim * (8 + 4) + k * k * 8 + 8 * dim * 8
+    if algorithm == "screened":
+        n_candidates = min(omp_screened._N_CANDIDATES, n_atoms)
+        per_row = 2 * n_atoms * score_bytes + n_candidates * (4 * k + 21 + score_bytes)
+    else:
+        per_row = n_atoms * score_bytes + k * dim * (8 + 4)
+    per_row += k * k * 8 + 8 * dim * 8
     return max(1, memory_bytes // per_row)
 
 
-def solve_omp(
+def prepare_dictionary(
     dictionary: Tensor,
+    *,
+    score_dtype: torch.dtype = torch.bfloat16,
+    normalize_atoms: bool = True,
+    algorithm: Algorithm = "auto",
+    n_targets: int | None = None,
+    k: int | None = None,
+    gram_memory_bytes: int | None = None,
+) -> PreparedDictionary:
+    """Convert the dictionary once, and build the Gram matrix when the screened path pays.
+
+    Args:
+        dictionary: [N, d] float, the donor's rows of the shared tokens, on the device to solve on.
+        score_dtype: dtype of the scoring GEMMs and of the Gram matrix.
+        normalize_atoms: see :func:`solve_omp`.
+        algorithm: ``exact`` builds no Gram; ``screened`` always builds it; ``auto`` builds it
+            when :func:`choose_algorithm` says the screened path is cheaper for ``n_targets``
+            rows (the whole pass, not one rank's or one chunk's share, so every rank chooses
+            alike) and the Gram fits ``gram_memory_bytes``.
+        n_targets: rows the prepared dictionary will solve in all; None means few (``auto``
+            then builds no Gram).
+        k: atoms per target (for ``auto``'s cost estimate); None means 64.
+        gram_memory_bytes: largest Gram ``auto`` may build; None: a quarter of the RAM, at most
+            8 GiB (40% of the device's memory on CUDA).
+
+    Returns:
+        A :class:`PreparedDictionary` on ``dictionary.device``.
+
+    Raises:
+        SourceError: the dictionary holds NaN or inf.
+    """
+    _check_dictionary(dictionary)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    atoms = dictionary.float()
+    if normalize_atoms:
+        norms = torch.linalg.vector_norm(atoms, dim=1)
+        scale = torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    else:
+        scale = torch.ones(atoms.shape[0], device=atoms.device)
+    # Scaling the rows once makes the scores already normalized: no [B, N] multiply per step.
+    score_atoms = (atoms * scale[:, None]).to(score_dtype)
+    if algorithm == "auto":
+        algorithm = choose_algorithm(
+            atoms.shape[0], n_targets or 0, 64 if k is None else k, score_dtype,
+            atoms.device, gram_memory_bytes,
+        )  # fmt: skip
+    gram = omp_screened.build_gram(score_atoms) if algorithm == "screened" else None
+    logger.debug(
+        "OMP dictionary N=%d, d=%d, %s scoring, %s path", *atoms.shape, score_dtype, algorithm
+    )
+    return PreparedDictionary(atoms, score_atoms, scale, gram, normalize_atoms)
+
+
+def choose_algorithm(
+    n_atoms: int,
+    n_targets: int,
+    k: int,
+    score_dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    gram_memory_bytes: int | None = None,
+) -> Literal["exact", "screened"]:
+    """Pick the cheaper path for a pass of ``n_targets`` rows against ``n_atoms`` atoms.
+
+    In units of one scoring GEMM row (N*d multiply-adds) per target, the exact path costs k;
+    the screened path ``n_screens(k) + k * _SCREENED_STEP_COST``, plus N/2 per pass for the
+    Gram matrix. It also needs more atoms than 16x its candidates (below, the exact path is
+    cheap anyway) and an [N, N] Gram within ``gram_memory_bytes``.
+    Example: N=39,234, k=64, bf16 on a 23 GiB CPU: T=9,911 -> ``screened``; T=300 -> ``exact``.
+    """
+    budget = _default_gram_budget(device) if gram_memory_bytes is None else gram_memory_bytes
+    if n_atoms < 16 * omp_screened._N_CANDIDATES:
+        return "exact"
+    if omp_screened.gram_nbytes(n_atoms, score_dtype) > budget:
+        return "exact"
+    per_target = omp_screened.n_screens(k) + k * _SCREENED_STEP_COST
+    is_cheaper = n_atoms / 2 + n_targets * per_target < n_targets * k
+    return "screened" if is_cheaper else "exact"
+
+
+def solve_omp(
+    dictionary: Tensor | PreparedDictionary,
     targets: Tensor,
     k: int,
     *,
-    score_dtype: torch.dtype = torch.bfloat16,
+    score_dtype: torch.dtype | None = None,
     batch_size: int | None = None,
-    normalize_atoms: bool = True,
+    normalize_atoms: bool | None = None,
     residual_tol: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    algorithm: Algorithm = "auto",
 ) -> OmpResult:
     """Approximate each target by ``k`` dictionary rows with Orthogonal Matching Pursuit.
 
     Args:
-        dictionary: [N, d] float, the donor's rows of the shared tokens. Solved on its device;
-            converted to float32 once (and to ``score_dtype`` once) and kept there.
+        dictionary: [N, d] float, the donor's rows of the shared tokens, solved on its device;
+            or a :class:`PreparedDictionary` from :func:`prepare_dictionary` (pass one when
+            calling chunk after chunk: its conversions and Gram matrix are then paid once).
         targets: [T, d] float, the donor's rows of the new tokens; any device, moved over
             batch by batch.
         k: atoms per target, 1 <= k <= N.
-        score_dtype: dtype of the ``residual @ dictionary.T`` scoring. ``torch.float32`` gives
-            exact OMP; bf16 is 4-6x faster on AVX512-BF16/AMX CPUs and tensor-core GPUs (on
-            CUDA keep TF32 off for exact fp32). The fit itself is always fp64.
+        score_dtype: dtype of the ``residual @ dictionary.T`` scoring (default bf16; with a
+            prepared dictionary, its own). ``torch.float32`` gives exact OMP; bf16 is 4-6x
+            faster on AVX512-BF16/AMX CPUs and tensor-core GPUs (on CUDA keep TF32 off for
+            exact fp32). The fit itself is always fp64.
         batch_size: targets per batch; None picks :func:`pick_batch_size` (1 GiB budget).
-        normalize_atoms: pick by |correlation| / atom norm (standard OMP); False picks by raw
-            |correlation|, favouring long rows.
+        normalize_atoms: pick by |correlation| / atom norm (standard OMP, the default); False
+            picks by raw |correlation|, favouring long rows.
         residual_tol: a row stops once ``||residual|| <= residual_tol * ||target||``; with 0,
-            only rows whose residual is exactly zero (e.g. zero targets) stop.
+            only rows whose residual is exactly zero (e.g. zero targets) stop. Only the exact
+            path supports a positive value.
         progress: called after each batch with the number of rows it finished (so
             ``tqdm.update`` can be passed directly).
+        algorithm: ``exact`` scores every atom at every step; ``screened`` follows candidates
+            through the Gram matrix (``omp_screened``); ``auto`` takes ``screened`` when the
+            prepared dictionary has a Gram and ``residual_tol`` is 0 (a plain tensor is
+            prepared with ``n_targets=T``, see :func:`choose_algorithm`).
 
     Returns:
         :class:`OmpResult` with tensors on ``targets.device``.
@@ -185,28 +290,30 @@ def solve_omp(
         AlignmentError: k exceeds the number of dictionary rows.
         SourceError: the dictionary or the targets hold NaN or inf.
     """
-    _check_inputs(dictionary, targets, k)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size <= 0):
         raise ConfigError(
             f"--max-batch-tokens must be a positive integer (got {batch_size!r}); "
             "leave it unset to pick from memory."
         )
-    n_targets, n_atoms = targets.shape[0], dictionary.shape[0]
+    prepared = _prepared_for(
+        dictionary, targets.shape[0], k, score_dtype, normalize_atoms, algorithm
+    )
+    _check_targets(prepared.atoms, targets, k)
+    is_screened = _resolve_algorithm(prepared, algorithm, residual_tol) == "screened"
+    n_targets, (n_atoms, dim) = targets.shape[0], prepared.atoms.shape
     if batch_size is None:
-        batch_size = pick_batch_size(n_atoms, dictionary.shape[1], k, score_dtype)
-        logger.debug(
-            "OMP batch size %d for N=%d, d=%d, k=%d", batch_size, n_atoms, dictionary.shape[1], k
-        )
-    prepared = _prepare_dictionary(dictionary, score_dtype, normalize_atoms)
+        path = "screened" if is_screened else "exact"
+        batch_size = pick_batch_size(n_atoms, dim, k, prepared.score_dtype, algorithm=path)
+        logger.debug("OMP batch size %d for N=%d, d=%d, k=%d", batch_size, n_atoms, dim, k)
     parts = []
-    for start in range(0, n_targets, batch_size):
+    for start in range(0, max(n_targets, 1), batch_size):
         batch = targets[start : start + batch_size].to(prepared.atoms.device, torch.float32)
-        parts.append(_solve_batch(prepared, batch, k, residual_tol))
-        if progress is not None:
+        if is_screened:
+            parts.append(_solve_batch_screened(prepared, batch, k))
+        else:
+            parts.append(_solve_batch_exact(prepared, batch, k, residual_tol))
+        if progress is not None and batch.shape[0]:
             progress(batch.shape[0])
-    if not parts:
-        empty = prepared.atoms.new_zeros(0, prepared.atoms.shape[1])
-        parts.append(_solve_batch(prepared, empty, k, residual_tol))
     fields = [torch.cat(column).to(targets.device) for column in zip(*parts, strict=True)]
     return OmpResult(*fields)
 
@@ -237,136 +344,119 @@ def apply_coefficients(rows: Tensor, indices: Tensor, coefficients: Tensor) -> T
     return out
 
 
-def _check_inputs(dictionary: Tensor, targets: Tensor, k: int) -> None:
-    if dictionary.ndim != 2 or targets.ndim != 2 or dictionary.shape[1] != targets.shape[1]:
-        raise ValueError(
-            f"dictionary [N, d] and targets [T, d] must share d; got {tuple(dictionary.shape)} "
-            f"and {tuple(targets.shape)}"
+def _prepared_for(
+    dictionary: Tensor | PreparedDictionary,
+    n_targets: int,
+    k: int,
+    score_dtype: torch.dtype | None,
+    normalize_atoms: bool | None,
+    algorithm: Algorithm,
+) -> PreparedDictionary:
+    if not isinstance(dictionary, PreparedDictionary):
+        _check_k(k, dictionary.shape[0])
+        return prepare_dictionary(
+            dictionary,
+            score_dtype=torch.bfloat16 if score_dtype is None else score_dtype,
+            normalize_atoms=True if normalize_atoms is None else normalize_atoms,
+            algorithm=algorithm,
+            n_targets=n_targets,
+            k=k,
         )
+    if score_dtype not in (None, dictionary.score_dtype):
+        raise ValueError(f"score_dtype {score_dtype} differs from the prepared dictionary's")
+    if normalize_atoms not in (None, dictionary.normalize_atoms):
+        raise ValueError("normalize_atoms differs from the prepared dictionary's")
+    return dictionary
+
+
+def _resolve_algorithm(
+    prepared: PreparedDictionary, algorithm: Algorithm, residual_tol: float
+) -> Literal["exact", "screened"]:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "screened" and (prepared.gram is None or residual_tol > 0):
+        raise ValueError(
+            "algorithm='screened' needs a dictionary prepared with algorithm='screened' "
+            "(or 'auto' that chose it) and residual_tol=0"
+        )
+    if algorithm == "exact" or prepared.gram is None or residual_tol > 0:
+        return "exact"
+    return "screened"
+
+
+def _default_gram_budget(device: torch.device | str) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(0.4 * torch.cuda.get_device_properties(device).total_memory)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 16 << 30
+    return min(_GRAM_MAX_BYTES, total // 4)
+
+
+def _check_k(k: int, n_atoms: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise ConfigError(f"--k must be a positive integer (got {k!r}); 64 is the default.")
-    if k > dictionary.shape[0]:
+    if k > n_atoms:
         raise AlignmentError(
-            f"--k {k} is larger than the {dictionary.shape[0]} shared tokens OMP can combine; "
-            f"pass --k {dictionary.shape[0]} or less."
+            f"--k {k} is larger than the {n_atoms} shared tokens OMP can combine; "
+            f"pass --k {n_atoms} or less."
         )
-    for name, matrix in (("shared-token", dictionary), ("new-token", targets)):
-        # A row sum is NaN/inf iff the row holds one (barring fp32 overflow, itself unusable);
-        # unlike isfinite(matrix) it needs no [N, d] temporary.
-        row_sums = matrix.sum(dim=1, dtype=torch.float32)
-        bad_rows = (~torch.isfinite(row_sums)).nonzero().flatten()
-        if bad_rows.numel():
-            shown = ", ".join(str(i) for i in bad_rows[:10].tolist())
-            raise SourceError(
-                f"{bad_rows.numel()} {name} rows of the donor embedding hold NaN or inf "
-                f"(rows {shown}); check the --donor checkpoint."
-            )
 
 
-def _prepare_dictionary(
-    dictionary: Tensor, score_dtype: torch.dtype, normalize: bool
-) -> _Dictionary:
-    atoms = dictionary.float()
-    if normalize:
-        norms = torch.linalg.vector_norm(atoms, dim=1)
-        scale = torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-    else:
-        scale = torch.ones(atoms.shape[0], device=atoms.device)
-    # Scaling the rows once makes the scores already normalized: no [B, N] multiply per step.
-    score_atoms = (atoms * scale[:, None]).to(score_dtype)
-    return _Dictionary(atoms=atoms, score_atoms=score_atoms, score_scale=scale)
+def _check_dictionary(dictionary: Tensor) -> None:
+    if dictionary.ndim != 2:
+        raise ValueError(f"dictionary must be [N, d]; got {tuple(dictionary.shape)}")
+    _check_finite(dictionary, "shared-token")
 
 
-def _solve_batch(prepared: _Dictionary, targets: Tensor, k: int, residual_tol: float):
-    """Run k OMP steps on one batch; returns the OmpResult fields for its rows."""
-    n_rows, dim = targets.shape
-    device = targets.device
-    target_norm = torch.linalg.vector_norm(targets, dim=1)
-    state = _BatchState(
-        targets=targets.double(),
-        indices=torch.zeros(n_rows, k, dtype=torch.long, device=device),
-        picked=torch.zeros(n_rows, k, dim, dtype=torch.float64, device=device),
-        chol=torch.zeros(n_rows, k, k, dtype=torch.float64, device=device),
-        chol_rhs=torch.zeros(n_rows, k, dtype=torch.float64, device=device),
-        is_active=target_norm > residual_tol * target_norm,
-        n_steps=torch.zeros(n_rows, dtype=torch.long, device=device),
+def _check_targets(atoms: Tensor, targets: Tensor, k: int) -> None:
+    if targets.ndim != 2 or atoms.shape[1] != targets.shape[1]:
+        raise ValueError(
+            f"dictionary [N, d] and targets [T, d] must share d; got {tuple(atoms.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    _check_k(k, atoms.shape[0])
+    _check_finite(targets, "new-token")
+
+
+def _check_finite(matrix: Tensor, name: str) -> None:
+    # A row sum is NaN/inf iff the row holds one (barring fp32 overflow, itself unusable);
+    # unlike isfinite(matrix) it needs no [N, d] temporary.
+    row_sums = matrix.sum(dim=1, dtype=torch.float32)
+    bad_rows = (~torch.isfinite(row_sums)).nonzero().flatten()
+    if bad_rows.numel():
+        shown = ", ".join(str(i) for i in bad_rows[:10].tolist())
+        raise SourceError(
+            f"{bad_rows.numel()} {name} rows of the donor embedding hold NaN or inf "
+            f"(rows {shown}); check the --donor checkpoint."
+        )
+
+
+def _solve_batch_exact(prepared: PreparedDictionary, targets: Tensor, k: int, residual_tol: float):
+    """``omp_exact.solve_batch_exact`` plus the residual, as the OmpResult fields."""
+    indices, coefficients, target_norm, n_steps = omp_exact.solve_batch_exact(
+        prepared.atoms, prepared.score_atoms, prepared.score_scale, targets, k, residual_tol
     )
-    residual = targets
-    coefficients = torch.zeros(n_rows, k, dtype=torch.float64, device=device)
-    for step in range(k):
-        if not bool(state.is_active.any()):
-            break
-        picks = _select_atoms(prepared, residual, state.indices[:, :step])
-        picks = torch.where(state.is_active, picks, 0)
-        _extend_fit(state, prepared.atoms.index_select(0, picks).double(), step)
-        state.indices[:, step] = picks
-        state.n_steps += state.is_active
-        coefficients = _refit(state, step + 1)
-        fitted = torch.bmm(coefficients.unsqueeze(1), state.picked[:, : step + 1]).squeeze(1)
-        residual = (state.targets - fitted).float()
-        residual_norm = torch.linalg.vector_norm(residual, dim=1)
-        state.is_active &= residual_norm > residual_tol * target_norm
-    coefficients32 = torch.zeros(n_rows, k, dtype=torch.float32, device=device)
-    coefficients32[:, : coefficients.shape[1]] = coefficients.float()
-    fitted = apply_coefficients(prepared.atoms, state.indices, coefficients32)
+    fitted = apply_coefficients(prepared.atoms, indices, coefficients)
     residual_norm = torch.linalg.vector_norm(targets - fitted, dim=1)
-    return state.indices, coefficients32, residual_norm, target_norm, state.n_steps
+    return indices, coefficients, residual_norm, target_norm, n_steps
 
 
-def _select_atoms(prepared: _Dictionary, residual: Tensor, taken: Tensor) -> Tensor:
-    """[B] int64: the not-yet-taken atom with the largest normalized |correlation|.
-
-    ``taken`` is [B, s] int64. Non-negative floats order like their bit patterns read as
-    integers, so clearing the sign bit and taking an integer max gives |score| order without
-    a float abs/argmax pass (slow for bf16 on CPU); -1 marks taken atoms.
-    """
-    scores = residual.to(prepared.score_atoms.dtype) @ prepared.score_atoms.T  # [B, N]
-    int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[scores.element_size()]
-    bits = scores.view(int_dtype).bitwise_and_(torch.iinfo(int_dtype).max)
-    if taken.shape[1]:
-        bits.scatter_(1, taken, -1)
-    if prepared.score_atoms.dtype in (torch.float32, torch.float64):
-        return bits.argmax(dim=1)
-    n_candidates = min(_N_CANDIDATES, bits.shape[1] - taken.shape[1])
-    candidates = bits.topk(n_candidates, dim=1).indices  # [B, c], best first
-    flat = candidates.reshape(-1)
-    candidate_atoms = prepared.atoms.index_select(0, flat).view(*candidates.shape, -1)  # [B, c, d]
-    exact = torch.bmm(candidate_atoms, residual.unsqueeze(2)).squeeze(2).abs()
-    exact *= prepared.score_scale[candidates]
-    return candidates.gather(1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
-
-
-def _extend_fit(state: _BatchState, atoms: Tensor, step: int) -> None:
-    """Append ``atoms`` ([B, d] float64, one per row) to the Cholesky factor, in place.
-
-    With L the factor of the Gram of the picked atoms, the new row is ``[w, p]`` with
-    ``L w = g`` (g: the new atom's inner products with the picked ones) and
-    ``p = sqrt(||atom||^2 - ||w||^2)``, its distance to their span. A (nearly) dependent atom,
-    or any atom of an inactive row, gets the row ``[0, 1]`` and rhs 0: its coefficient is 0
-    and the other coefficients are those of the fit without it.
-    """
-    previous = state.picked[:, :step]  # [B, s, d]
-    if step:
-        gram_column = torch.bmm(previous, atoms.unsqueeze(2))  # [B, s, 1]
-        w = torch.linalg.solve_triangular(state.chol[:, :step, :step], gram_column, upper=False)
-        w = w.squeeze(2)
-    else:
-        w = atoms.new_zeros(atoms.shape[0], 0)
-    atom_sq = (atoms * atoms).sum(dim=1)
-    pivot_sq = atom_sq - (w * w).sum(dim=1)
-    is_usable = state.is_active & (pivot_sq > _PIVOT_RTOL * atom_sq)
-    pivot = torch.where(is_usable, pivot_sq.clamp_min(1e-300).sqrt(), 1.0)
-    w = w * is_usable[:, None]
-    state.chol[:, step, :step] = w
-    state.chol[:, step, step] = pivot
-    projection = (atoms * state.targets).sum(dim=1)
-    rhs = (projection - (w * state.chol_rhs[:, :step]).sum(dim=1)) / pivot
-    state.chol_rhs[:, step] = torch.where(is_usable, rhs, 0.0)
-    state.picked[:, step] = atoms * is_usable[:, None]
-
-
-def _refit(state: _BatchState, n_picked: int) -> Tensor:
-    """[B, n_picked] float64 least-squares coefficients: solve ``L.T c = z``."""
-    chol = state.chol[:, :n_picked, :n_picked]
-    rhs = state.chol_rhs[:, :n_picked].unsqueeze(2)
-    return torch.linalg.solve_triangular(chol.mT, rhs, upper=True).squeeze(2)
+def _solve_batch_screened(prepared: PreparedDictionary, targets: Tensor, k: int):
+    """``omp_screened.solve_batch_screened`` plus the residual, as the OmpResult fields."""
+    indices, coefficients, is_active = omp_screened.solve_batch_screened(
+        prepared.atoms,
+        prepared.score_atoms,
+        prepared.score_scale,
+        prepared.gram,
+        targets,
+        k,
+    )
+    coefficients32 = coefficients.float()
+    fitted = apply_coefficients(prepared.atoms, indices, coefficients32)
+    residual_norm = torch.linalg.vector_norm(targets - fitted, dim=1)
+    target_norm = torch.linalg.vector_norm(targets, dim=1)
+    n_steps = torch.where(is_active, k, 0)
+    return indices, coefficients32, residual_norm, target_norm, n_steps

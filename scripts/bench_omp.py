@@ -1,116 +1,274 @@
-"""Speed and accuracy of solve_omp with bf16 versus fp32 scoring, on embedding-like rows.
+"""Speed and accuracy of solve_omp's paths (exact fp32 / exact bf16 / screened) on one problem.
 
-Rows are a common mean offset plus a low-rank part with a decaying spectrum plus isotropic
-noise, with log-normal row norms (frequent tokens have different norms from rare ones), like
-real input embeddings. Prints one JSON object: the command line, the machine, and per score
-dtype the tokens/s and the mean / p95 relative residual, plus how often the bf16 picks equal
-the fp32 picks. ``--no-rescore`` also runs bf16 without the exact re-scoring of its top
-candidates, to show what that step buys.
+The problem is either synthetic embedding-like rows (a common offset, a low-rank part with a
+decaying spectrum, isotropic noise, log-normal row norms) or the real one of a base/donor pair:
+the donor's input-embedding rows of the shared tokens (the dictionary) and of the donor's
+tokens the base lacks (the targets), from ``omp_init.vocab``'s alignment.
 
-    python scripts/bench_omp.py --n-atoms 20000 --dim 896 --n-targets 256 --k 64
+Every path is timed on its own number of targets (the expensive exact fp32 reference on a
+subsample: ``--n-reference``); the mean relative residual of each path is compared with exact
+fp32 OMP on the same reference tokens. ``--mergekit-omp PATH`` also times mergekit's
+``batch_omp`` (fp32, 512 targets per batch, as ``mergekit-tokensurgeon`` calls it), loaded
+from that file of a mergekit checkout. Prints one JSON object: the command line, the machine
+(CPU model, threads, torch, load average before and after) and per path the time, tokens/s,
+the full-T time extrapolated from it, and the residuals.
+
+    python scripts/bench_omp.py --threads 1 --n-atoms 20000 --dim 896 --n-targets 1024
+    python scripts/bench_omp.py --threads 1 --base /work/cache/hf/qwen05 \\
+        --donor /work/cache/hf/smollm2 --n-reference 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
 import sys
 import time
+import types
 
 import torch
 
-from omp_init import omp
+from omp_init import omp, omp_exact
 
 
-def make_rows(
-    n_rows: int, dim: int, rank: int, generator: torch.Generator, parts: dict
-) -> torch.Tensor:
-    low_rank = torch.randn(n_rows, rank, generator=generator) @ parts["basis"]
+def make_rows(n_rows: int, dim: int, generator: torch.Generator, parts: dict) -> torch.Tensor:
+    low_rank = torch.randn(n_rows, parts["basis"].shape[0], generator=generator) @ parts["basis"]
     rows = parts["offset"] + low_rank + 0.5 * torch.randn(n_rows, dim, generator=generator)
-    scale = torch.exp(0.3 * torch.randn(n_rows, 1, generator=generator))
-    return rows * scale
+    return rows * torch.exp(0.3 * torch.randn(n_rows, 1, generator=generator))
 
 
-def run_one(dictionary, targets, k, score_dtype, batch_size):
-    start = time.perf_counter()
-    result = omp.solve_omp(dictionary, targets, k, score_dtype=score_dtype, batch_size=batch_size)
-    elapsed_s = time.perf_counter() - start
-    relative = result.relative_residual()
-    summary = {
-        "elapsed_s": round(elapsed_s, 3),
-        "tokens_per_s": round(targets.shape[0] / elapsed_s, 2),
-        "mean_relative_residual": round(float(relative.mean()), 6),
-        "p95_relative_residual": round(float(relative.quantile(0.95)), 6),
-    }
-    return result, summary
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-atoms", type=int, default=20000)
-    parser.add_argument("--dim", type=int, default=896)
-    parser.add_argument("--n-targets", type=int, default=256)
-    parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--rank", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument(
-        "--no-rescore", action="store_true", help="also run bf16 without re-scoring"
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def synthetic_problem(args) -> tuple[torch.Tensor, torch.Tensor, str]:
     generator = torch.Generator().manual_seed(args.seed)
     spectrum = 1.0 / torch.arange(1, args.rank + 1).float().sqrt()
     parts = {
         "basis": spectrum[:, None] * torch.randn(args.rank, args.dim, generator=generator),
         "offset": 1.5 * torch.randn(args.dim, generator=generator),
     }
-    dictionary = make_rows(args.n_atoms, args.dim, args.rank, generator, parts).to(args.device)
-    targets = make_rows(args.n_targets, args.dim, args.rank, generator, parts).to(args.device)
+    dictionary = make_rows(args.n_atoms, args.dim, generator, parts)
+    targets = make_rows(args.n_targets, args.dim, generator, parts)
+    return dictionary, targets, "synthetic"
+
+
+def real_problem(base_dir: str, donor_dir: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Dictionary and targets of transplanting the donor's tokenizer into the base."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from omp_init.vocab import align_vocabularies, token_bytes
+
+    base = token_bytes(AutoTokenizer.from_pretrained(base_dir))
+    donor = token_bytes(AutoTokenizer.from_pretrained(donor_dir))
+    alignment = align_vocabularies(base, donor, donor)
+    with safe_open(os.path.join(donor_dir, "model.safetensors"), "pt") as handle:
+        embed = handle.get_tensor("model.embed_tokens.weight").float()
+    name = f"{os.path.basename(base_dir.rstrip('/'))} <- {os.path.basename(donor_dir.rstrip('/'))}"
+    return embed[alignment.dict_donor_ids], embed[alignment.solve_donor_ids], name
+
+
+def machine_info(device: str) -> dict:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_mergekit_omp(path: str):
+    """mergekit's ``batch_omp`` from a file of a mergekit checkout, without importing mergekit."""
+    package_dir = os.path.dirname(os.path.abspath(path))
+    for name in ("mergekit", "mergekit.tokensurgeon"):
+        module = types.ModuleType(name)
+        module.__path__ = [package_dir]
+        sys.modules.setdefault(name, module)
+    spec = importlib.util.spec_from_file_location("mergekit.tokensurgeon.omp", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.batch_omp
+
+
+def timed(function, device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    value = function()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return value, time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+
+def summarize(relative: torch.Tensor, n_rows: int, elapsed_s: float, cpu_s: float, total: int):
+    return {
+        "n_targets": n_rows,
+        "elapsed_s": round(elapsed_s, 3),
+        "cpu_s": round(cpu_s, 3),
+        "tokens_per_s": round(n_rows / elapsed_s, 2),
+        "ms_per_token": round(1e3 * elapsed_s / n_rows, 3),
+        "extrapolated_full_s": round(elapsed_s * total / n_rows, 1),
+        "mean_relative_residual": round(float(relative.mean()), 6),
+        "p95_relative_residual": round(float(relative.quantile(0.95)), 6),
+    }
+
+
+def run_mergekit(batch_omp, dictionary, targets, k, device):
+    def solve():
+        parts = []
+        for start in range(0, targets.shape[0], 512):  # mergekit-tokensurgeon's batch size
+            batch = targets[start : start + 512]
+            indices, coefficients = batch_omp(batch, dictionary, k)
+            fitted = torch.bmm(coefficients.unsqueeze(1), dictionary[indices]).squeeze(1)
+            parts.append((batch - fitted).norm(dim=1) / batch.norm(dim=1))
+        return torch.cat(parts)
+
+    return timed(solve, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="base model dir (real problem; with --donor)")
+    parser.add_argument("--donor", help="donor model dir (real problem; with --base)")
+    parser.add_argument("--n-atoms", type=int, default=20000, help="synthetic dictionary rows")
+    parser.add_argument("--dim", type=int, default=896, help="synthetic width")
+    parser.add_argument("--rank", type=int, default=64, help="synthetic low-rank part")
+    parser.add_argument(
+        "--n-targets", type=int, default=None, help="targets timed (default: all real / 256)"
+    )
+    parser.add_argument(
+        "--n-reference", type=int, default=256, help="targets also solved by exact fp32"
+    )
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--skip-exact-bf16", action="store_true", help="skip the exact bf16 run")
+    parser.add_argument("--mergekit-omp", help="path of mergekit/tokensurgeon/omp.py to time")
+    parser.add_argument(
+        "--no-rescore", action="store_true", help="also run exact bf16 without re-scoring"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+
+    if args.base and args.donor:
+        dictionary, targets, name = real_problem(args.base, args.donor)
+    else:
+        args.n_targets = args.n_targets or 256
+        dictionary, targets, name = synthetic_problem(args)
+    total_targets = targets.shape[0]
+    order = torch.randperm(total_targets, generator=torch.Generator().manual_seed(args.seed))
+    n_timed = min(args.n_targets or total_targets, total_targets)
+    targets = targets[order[:n_timed]].to(args.device)
+    dictionary = dictionary.to(args.device)
+    reference = targets[: min(args.n_reference, n_timed)]
+    k, batch, device = args.k, args.batch_size, args.device
 
     results = {}
-    exact, results["float32"] = run_one(dictionary, targets, args.k, torch.float32, args.batch_size)
-    fast, results["bfloat16"] = run_one(
-        dictionary, targets, args.k, torch.bfloat16, args.batch_size
+    exact, seconds, cpu_s = timed(
+        lambda: omp.solve_omp(
+            dictionary, reference, k, score_dtype=torch.float32, batch_size=512, algorithm="exact"
+        ),
+        device,
     )
-    results["bfloat16"]["rows_with_same_picks_as_fp32"] = float(
-        (fast.indices == exact.indices).all(1).float().mean()
+    exact_mean = exact.relative_residual().mean()
+    results["exact_fp32"] = summarize(
+        exact.relative_residual(), reference.shape[0], seconds, cpu_s, total_targets
     )
+
+    def add(label, relative, n_rows, seconds, cpu_s, reference_relative):
+        results[label] = summarize(relative, n_rows, seconds, cpu_s, total_targets)
+        ratio = reference_relative.mean() / exact_mean
+        results[label]["mean_residual_over_exact_fp32"] = round(float(ratio), 5)
+
+    n_ref = reference.shape[0]
+    if not args.skip_exact_bf16:
+        fast, seconds, cpu_s = timed(
+            lambda: omp.solve_omp(
+                dictionary, targets, k, score_dtype=torch.bfloat16, batch_size=batch,
+                algorithm="exact",
+            ),
+            device,
+        )  # fmt: skip
+        add("exact_bf16", fast.relative_residual(), n_timed, seconds, cpu_s,
+            fast.relative_residual()[:n_ref])  # fmt: skip
+        same = (fast.indices[:n_ref] == exact.indices).all(1).float().mean()
+        results["exact_bf16"]["rows_with_same_picks_as_fp32"] = round(float(same), 4)
     if args.no_rescore:
-        saved, omp._N_CANDIDATES = omp._N_CANDIDATES, 1
+        saved, omp_exact._N_RESCORED = omp_exact._N_RESCORED, 1
         try:
-            plain, results["bfloat16_no_rescore"] = run_one(
-                dictionary, targets, args.k, torch.bfloat16, args.batch_size
-            )
+            plain, seconds, cpu_s = timed(
+                lambda: omp.solve_omp(
+                    dictionary, reference, k, score_dtype=torch.bfloat16, batch_size=batch,
+                    algorithm="exact",
+                ),
+                device,
+            )  # fmt: skip
         finally:
-            omp._N_CANDIDATES = saved
-        same = (plain.indices == exact.indices).all(1).float().mean()
-        results["bfloat16_no_rescore"]["rows_with_same_picks_as_fp32"] = float(same)
-    ratio = (
-        results["bfloat16"]["mean_relative_residual"] / results["float32"]["mean_relative_residual"]
+            omp_exact._N_RESCORED = saved
+        add("exact_bf16_no_rescore", plain.relative_residual(), n_ref, seconds, cpu_s,
+            plain.relative_residual())  # fmt: skip
+
+    prepared, prepare_s, prepare_cpu_s = timed(
+        lambda: omp.prepare_dictionary(
+            dictionary, score_dtype=torch.bfloat16, algorithm="screened"
+        ),
+        device,
     )
+    screened, seconds, cpu_s = timed(
+        lambda: omp.solve_omp(prepared, targets, k, batch_size=batch, algorithm="screened"),
+        device,
+    )
+    add("screened_bf16", screened.relative_residual(), n_timed, seconds, cpu_s,
+        screened.relative_residual()[:n_ref])  # fmt: skip
+    results["screened_bf16"]["prepare_gram_s"] = round(prepare_s, 3)
+    results["screened_bf16"]["prepare_gram_cpu_s"] = round(prepare_cpu_s, 3)
+    results["screened_bf16"]["extrapolated_full_with_gram_s"] = round(
+        prepare_s + seconds * total_targets / n_timed, 1
+    )
+    prepared = None  # free the Gram before the mergekit run
+
+    if args.mergekit_omp:
+        batch_omp = load_mergekit_omp(args.mergekit_omp)
+        relative, seconds, cpu_s = run_mergekit(batch_omp, dictionary, reference, k, device)
+        add("mergekit_batch_omp_fp32", relative, n_ref, seconds, cpu_s, relative)
+        mergekit_full = seconds * total_targets / n_ref
+        screened_full = results["screened_bf16"]["extrapolated_full_with_gram_s"]
+        results["screened_speedup_over_mergekit"] = round(mergekit_full / screened_full, 2)
+
     print(
         json.dumps(
             {
                 "command": " ".join(["python"] + sys.argv),
-                "machine": {
-                    "platform": platform.platform(),
-                    "processor": platform.processor(),
-                    "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "device": args.device,
+                "machine": machine_info(device),
+                "load_average_before_after": [list(load_before), list(os.getloadavg())],
+                "problem": {
+                    "name": name,
+                    "n_atoms": dictionary.shape[0],
+                    "dim": dictionary.shape[1],
+                    "n_targets_total": total_targets,
+                    "n_targets_timed": n_timed,
+                    "n_reference": n_ref,
+                    "k": k,
+                    "batch_size": batch,
                 },
-                "problem": vars(args),
                 "results": results,
-                "bf16_over_fp32_mean_residual": round(ratio, 5),
             },
             indent=2,
         )

@@ -1,0 +1,428 @@
+"""Gram-screened OMP: the exact path's greedy picks, following only M candidates per target.
+
+``omp.py`` owns the public entry point (``solve_omp``), the prepared dictionary and the choice
+between paths; this module owns the screened path's arithmetic on one batch of targets and the
+Gram matrix it needs (the final exact refit is ``omp_exact.refit_exact``). Tensors in, tensors
+out; no I/O, no ranks.
+
+Why: the exact path scores the residual against all N atoms at every step, 2*T*N*d*k FLOPs in
+all (5e14 for the SmolLM2 <- Qwen2.5-Coder pair: T=112,697, N=39,234, d=896, k=64). With the
+unit atoms' Gram matrix G precomputed (N^2*d FLOPs once per dictionary), Batch-OMP
+(Rubinstein, Zibulevsky & Elad 2008) updates the scores of any set of atoms in O(t) per atom
+and step, without touching d. We follow M candidate atoms per target and refresh them at a
+few *screen* steps:
+
+1. at a screen step (:func:`is_screen_step`: 0, 2, 8, then every 16th) one GEMM scores
+   the residual against all atoms; this step's atom is picked from those scores (the best 4
+   candidates re-scored in fp32, as the exact path does), and up to R of the M candidates are
+   replaced by better atoms not yet followed;
+2. between screens a step costs O(t*M): the candidates' scores lose ``z_t * V[t]``, with
+   ``V[t] = unit candidates . q_t`` (q_t the new Gram-Schmidt direction) built from one
+   gathered Gram row, ``G[atom, C]``;
+3. the fit inside the selection is the Cholesky factor of ``G[I, I]`` in fp64, one row per
+   step; once all k atoms are picked, the coefficients are refit exactly (fp64 Gram of the
+   picked fp32 rows) with the exact path's rule for dependent atoms, so the residual is the
+   least-squares optimum on the chosen support.
+
+Early residuals change fast (the first atoms remove the rows' common offset), so screens are
+dense early and regular late. With the default schedule the mean relative residual on the real
+Qwen2.5 / SmolLM2 embedding rows is within 0.3% of the exact fp32 path's
+(``scripts/bench_omp.py``; the schedules tried are in ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .omp_exact import refit_exact
+
+# Screens run at these steps and then at every multiple of _SCREEN_INTERVAL (see
+# is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows (M=512, docs/performance.md)
+# the mean residual is then 0.1-0.3% above the exact path's; screening every 24 steps instead
+# of 16 costs 0.25-0.7% more, (0, 4, 12, 32) 1-2%; screening at 1 and 4 too buys < 0.1%.
+_EARLY_SCREEN_STEPS = (0, 2, 8)
+_SCREEN_INTERVAL = 16
+# Candidates followed per target between screens (M), and how many a later screen may replace
+# (the rest keep their slots and V columns, so only replaced slots cost Gram gathers).
+_N_CANDIDATES = 512
+_N_REPLACED = 256
+# The candidates are the best atom of each of the best groups of this many atoms: a max over
+# groups plus a top-M over N/8 groups is 4x cheaper than a top-M over N atoms on CPU, and
+# measured no worse.
+_GROUP_SIZE = 8
+# Atoms re-scored exactly at a screen step (the exact path's rescoring, see omp_exact._N_RESCORED).
+_N_RESCORED = 4
+# Inside the selection, an atom whose squared distance to the span of the picked atoms is below
+# this fraction of its squared norm gets coefficient 0: a bf16 Gram is accurate to ~2^-9, so
+# smaller pivots are noise. The final refit applies the exact path's tolerance instead.
+_SELECT_PIVOT_RTOL = {torch.float32: 1e-6, torch.float64: 1e-10}
+_SELECT_PIVOT_RTOL_REDUCED = 1e-2
+# Largest float32 temporary a per-row computation allocates at once: on CPU, blocks above
+# glibc's mmap threshold (32 MiB at most) come back as fresh pages, and faulting them in cost
+# as much as the arithmetic (1.2 of 5.7 ms per token at d=896, k=64, B=1024).
+_TEMPORARY_BYTES = 16 << 20
+# Rows of the Gram matrix computed per GEMM; fixed, so the Gram depends on nothing but the
+# dictionary (its bits are the same in every process that builds it).
+_GRAM_BLOCK_ROWS = 2048
+
+
+def is_screen_step(step: int) -> bool:
+    """Whether ``step`` (0-based) scores all atoms. Example: 0, 2, 8, 16, 32, 48 of 64."""
+    return step in _EARLY_SCREEN_STEPS or step % _SCREEN_INTERVAL == 0
+
+
+def gram_nbytes(n_atoms: int, dtype: torch.dtype) -> int:
+    """Bytes of an [N, N] Gram matrix in ``dtype``. Example: 39,234 atoms, bf16 -> 3.08e9."""
+    return n_atoms * n_atoms * torch.empty((), dtype=dtype).element_size()
+
+
+def build_gram(score_atoms: Tensor) -> Tensor:
+    """[N, N] Gram matrix ``score_atoms @ score_atoms.T`` in ``score_atoms.dtype``, symmetric.
+
+    Computed block row by block row, lower triangle only (half the FLOPs of a full product),
+    then mirrored, so ``G[i, j]`` and ``G[j, i]`` are the same number.
+    Example: rows ``[[1, 0], [1, 1]]`` -> ``[[1, 1], [1, 2]]``.
+    """
+    n_atoms = score_atoms.shape[0]
+    gram = torch.empty(n_atoms, n_atoms, dtype=score_atoms.dtype, device=score_atoms.device)
+    for start in range(0, n_atoms, _GRAM_BLOCK_ROWS):
+        stop = min(start + _GRAM_BLOCK_ROWS, n_atoms)
+        torch.mm(score_atoms[start:stop], score_atoms[:stop].T, out=gram[start:stop, :stop])
+        # Mirrored in square tiles: a transposed copy of a whole block row thrashes the cache
+        # (1.8 s against 1.35 s at N=39k on one CPU core).
+        for column in range(0, start, _GRAM_BLOCK_ROWS // 4):
+            end = min(column + _GRAM_BLOCK_ROWS // 4, start)
+            gram[column:end, start:stop] = gram[start:stop, column:end].T
+    return gram
+
+
+def n_screens(k: int) -> int:
+    """Screen steps (full GEMMs) a k-step solve runs. Example: ``n_screens(64)`` -> 6."""
+    return sum(1 for step in range(k) if is_screen_step(step))
+
+
+@dataclass
+class _Selection:
+    """Per-batch state of the screened selection; B rows, k slots, M candidates.
+
+    ``q_j`` below is the j-th orthonormal direction of Gram-Schmidt on the picked unit atoms,
+    never formed: only its inner products are kept.
+    """
+
+    indices: Tensor  # [B, k] int64, atoms picked so far
+    chol: Tensor  # [B, k, k] float64, Cholesky factor L of G[I, I]; row j = (q_i . a_j)_i
+    chol_rhs: Tensor  # [B, k] float64, z_j = q_j . target (0 for a dependent atom)
+    is_usable: Tensor  # [B, k] bool, picked atom not (numerically) in the earlier ones' span
+    candidates: Tensor  # [B, M] int64, atom ids
+    is_taken: Tensor  # [B, M] bool, candidate already picked
+    scores: Tensor  # [B, M] float32, candidates' scores against the current residual
+    basis_scores: Tensor  # [B, k, M] float32, V[j] = unit candidates . q_j
+    flat_index: Tensor  # [B, M] int64 scratch: positions in the flattened Gram
+    gathered: Tensor  # [B, M] score dtype scratch
+
+
+def solve_batch_screened(
+    atoms: Tensor,
+    score_atoms: Tensor,
+    score_scale: Tensor,
+    gram: Tensor,
+    targets: Tensor,
+    k: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Screened OMP on one batch: pick k atoms per row, then refit exactly.
+
+    Between screens a step costs O(t*M): with ``q_t`` the new orthonormal direction and
+    ``z_t = q_t . target``, the residual loses ``z_t * q_t``, so the candidates' scores lose
+    ``z_t * V[t]``, and ``V[t] = (G[atom, C] - w @ V[:t]) / pivot`` where ``w``, the new row
+    of L, is read off ``V[:t]`` at the new atom's position (Batch-OMP's update, Rubinstein
+    et al. 2008, in the candidates' coordinates).
+
+    Args:
+        atoms: [N, d] float32, the dictionary rows.
+        score_atoms: [N, d] score dtype, the rows times ``score_scale``.
+        score_scale: [N] float32, 1/norm (1 when atoms are not normalized, 0 for zero rows).
+        gram: [N, N] score dtype, ``build_gram(score_atoms)``.
+        targets: [B, d] float32 on the atoms' device.
+        k: atoms per target, k <= N.
+
+    Returns:
+        indices [B, k] int64 (0 for zero targets), coefficients [B, k] float64 (exact
+        least-squares fit of the targets on ``atoms[indices]``), is_active [B] bool (nonzero
+        target).
+    """
+    n_rows, n_atoms = targets.shape[0], atoms.shape[0]
+    device = targets.device
+    is_active = torch.linalg.vector_norm(targets, dim=1) > 0
+    state = _new_selection(n_rows, k, min(_N_CANDIDATES, n_atoms), gram.dtype, device)
+    full_scores = torch.empty(n_rows, n_atoms, dtype=score_atoms.dtype, device=device)
+    keys = torch.empty_like(full_scores).view(_int_dtype(full_scores))  # see _top_groups
+    targets64 = targets.double()
+    rtol = _SELECT_PIVOT_RTOL.get(gram.dtype, _SELECT_PIVOT_RTOL_REDUCED)
+    rows = torch.arange(n_rows, device=device)
+    for step in range(k):
+        if is_screen_step(step):
+            residual = _selection_residual(atoms, score_scale, targets, state, step)
+            torch.mm(residual.to(full_scores.dtype), score_atoms.T, out=full_scores)  # [B, N]
+            best = _screen(gram, full_scores, keys, state, step)  # [B, r] positions
+            position = _rescore(atoms, score_scale, residual, state, best)
+        else:
+            scores = state.scores.abs().masked_fill_(state.is_taken, -1.0)
+            position = scores.argmax(dim=1)
+        atom = state.candidates[rows, position]  # [B]
+        state.is_taken[rows, position] = True
+        state.indices[:, step] = atom
+        w = state.basis_scores[rows, :step, position].double()  # [B, step], q_j . atom
+        projection = (atoms[atom].double() * targets64).sum(dim=1) * score_scale[atom]
+        diagonal = gram[atom, atom].double()
+        is_usable = _extend_factor(state, w, diagonal, projection, step, is_active, rtol)
+        _gather_gram(gram, atom, state)
+        _extend_basis_scores(state, w, is_usable, step)
+    indices = torch.where(is_active[:, None], state.indices, 0)
+    return indices, refit_exact(atoms, indices, targets64, is_active), is_active
+
+
+def _new_selection(
+    n_rows: int, k: int, n_candidates: int, gram_dtype: torch.dtype, device: torch.device
+) -> _Selection:
+    # Buffers are allocated once per batch and written in place: on CPU a fresh multi-MB
+    # tensor per step costs page faults comparable to the step's arithmetic. Only the fit's
+    # state needs zeros; the candidate buffers are always written before they are read.
+    def zeros(*shape, dtype=torch.float64):
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+    def empty(*shape, dtype):
+        return torch.empty(*shape, dtype=dtype, device=device)
+
+    return _Selection(
+        indices=zeros(n_rows, k, dtype=torch.long),
+        chol=zeros(n_rows, k, k),
+        chol_rhs=zeros(n_rows, k),
+        is_usable=zeros(n_rows, k, dtype=torch.bool),
+        candidates=empty(n_rows, n_candidates, dtype=torch.long),
+        is_taken=empty(n_rows, n_candidates, dtype=torch.bool),
+        scores=empty(n_rows, n_candidates, dtype=torch.float32),
+        basis_scores=empty(n_rows, k, n_candidates, dtype=torch.float32),
+        flat_index=empty(n_rows, n_candidates, dtype=torch.long),
+        gathered=empty(n_rows, n_candidates, dtype=gram_dtype),
+    )
+
+
+def _int_dtype(tensor: Tensor) -> torch.dtype:
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+
+
+def _selection_residual(
+    atoms: Tensor, score_scale: Tensor, targets: Tensor, state: _Selection, step: int
+) -> Tensor:
+    """[B, d] float32 ``target - x @ unit_atoms[I]``, x the selection's least-squares fit."""
+    if step == 0:
+        return targets
+    factor = state.chol[:, :step, :step]
+    rhs = state.chol_rhs[:, :step].unsqueeze(2)
+    coef = torch.linalg.solve_triangular(factor.mT, rhs, upper=True).squeeze(2)  # [B, step]
+    picked = state.indices[:, :step]
+    weights = (coef * score_scale[picked]).float()  # [B, step], raw-atom units
+    residual = torch.empty_like(targets)
+    for part in _row_chunks(targets.shape[0], step * targets.shape[1], targets.device):
+        ids = picked[part]
+        rows = atoms.index_select(0, ids.reshape(-1)).view(*ids.shape, targets.shape[1])
+        fitted = torch.bmm(weights[part].unsqueeze(1), rows).squeeze(1)  # rows: [b, step, d]
+        torch.sub(targets[part], fitted, out=residual[part])
+    return residual
+
+
+def _row_chunks(n_rows: int, floats_per_row: int, device: torch.device) -> list[slice]:
+    """Row ranges whose [rows, floats_per_row] float32 temporaries stay under
+    ``_TEMPORARY_BYTES`` on CPU (one range elsewhere: GPU allocators cache blocks).
+    Example: 1024 rows of 48 x 896 floats on CPU -> 11 ranges of up to 97 rows."""
+    if device.type != "cpu":
+        return [slice(0, n_rows)]
+    size = max(1, _TEMPORARY_BYTES // (4 * max(1, floats_per_row)))
+    return [slice(start, start + size) for start in range(0, n_rows, size)]
+
+
+def _screen(gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step: int) -> Tensor:
+    """Refresh the candidates from ``scores`` ([B, N], the residual against every atom).
+
+    At step 0 the candidates are the best M atoms (:func:`_top_groups`); later screens replace
+    some (:func:`_replace_candidates`). Every candidate's score is reset from ``scores``.
+    Returns [B, r] int64, the positions of the r best candidates (for :func:`_rescore`).
+    """
+    n_candidates = state.candidates.shape[1]
+    if step == 0:
+        candidates, candidate_keys = _top_groups(scores, keys, state.indices[:, :0], n_candidates)
+        state.candidates.copy_(candidates)
+        state.is_taken.copy_(candidate_keys < 0)
+    else:
+        _replace_candidates(gram, scores, keys, state, step)
+    torch.gather(scores, 1, state.candidates, out=state.gathered)
+    state.scores.copy_(state.gathered)
+    magnitude = state.scores.abs().masked_fill_(state.is_taken, -1.0)
+    return magnitude.topk(min(_N_RESCORED, n_candidates), dim=1).indices
+
+
+def _replace_candidates(
+    gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step: int
+) -> None:
+    """Swap up to ``_N_REPLACED`` candidates per row for better atoms not yet followed.
+
+    The weakest candidates by the new scores give way to the best newcomers where those score
+    higher; the others keep their slots and ``V`` columns, so only the replaced slots need
+    ``V[:t] = L^-1 G[I, C]`` (t Gram gathers each). Keeping half the candidates is also better
+    than a fresh top-M: on the real rows, replacing all M raises the mean residual by 1-2%,
+    as atoms that scored well a few steps ago often score well again.
+    """
+    n_rows, n_candidates = state.candidates.shape
+    n_replaced = min(_N_REPLACED, n_candidates, scores.shape[1] - n_candidates)
+    if n_replaced <= 0:
+        return
+    followed = torch.cat([state.indices[:, :step], state.candidates], dim=1)
+    newcomers, newcomer_keys = _top_groups(scores, keys, followed, n_replaced)
+    newcomer_keys, order = newcomer_keys.sort(dim=1, descending=True)  # best first
+    newcomers = newcomers.gather(1, order)
+    torch.gather(scores, 1, state.candidates, out=state.gathered)
+    magnitude = state.gathered.float().abs_().masked_fill_(state.is_taken, -1.0)
+    weakest = magnitude.topk(n_replaced, dim=1, largest=False, sorted=True)  # weakest first
+    # Newcomers best-first against incumbents weakest-first: the replaced pairs are a prefix.
+    is_replaced = _key_magnitude(newcomer_keys, scores.dtype) > weakest.values  # [B, R]
+    slots = weakest.indices
+    atoms = torch.where(is_replaced, newcomers, state.candidates.gather(1, slots))
+    state.candidates.scatter_(1, slots, atoms)
+    state.is_taken.scatter_(1, slots, state.is_taken.gather(1, slots) & ~is_replaced)
+    for part in _row_chunks(n_rows, step * n_replaced, scores.device):
+        _rebuild_basis_scores(gram, state, atoms[part], slots[part], part, step)
+
+
+def _rebuild_basis_scores(
+    gram: Tensor, state: _Selection, atoms: Tensor, slots: Tensor, part: slice, step: int
+) -> None:
+    """``V[:t, slots] = L^-1 G[I, atoms]`` for rows ``part``; ``atoms``/``slots`` [b, R]."""
+    n_rows, n_slots = atoms.shape
+    basis = torch.empty(n_rows, step, n_slots, dtype=torch.float32, device=atoms.device)
+    for j in range(step):
+        flat = atoms + (state.indices[part, j] * gram.shape[0]).unsqueeze(1)
+        basis[:, j] = gram.view(-1).index_select(0, flat.view(-1)).view(atoms.shape)
+    basis.mul_(state.is_usable[part, :step, None])  # a dependent atom adds no direction
+    # L^-1 once ([b, t, t], small) then a product: on CPU a batched triangular solve with
+    # R right-hand sides is several times slower than the equivalent bmm.
+    factor = state.chol[part, :step, :step]
+    identity = torch.eye(step, dtype=factor.dtype, device=factor.device).expand_as(factor)
+    inverse = torch.linalg.solve_triangular(factor, identity, upper=False).float()
+    basis = torch.bmm(inverse, basis)  # [b, t, R], V of the replaced slots
+    target = state.basis_scores[part, :step]
+    target.scatter_(2, slots.unsqueeze(1).expand_as(basis), basis)
+
+
+def _key_magnitude(keys: Tensor, score_dtype: torch.dtype) -> Tensor:
+    """float32 |score| from ``_top_groups`` keys (low bits aside); -1 for taken (key < 0)."""
+    magnitude = keys.clamp_min(0).view(score_dtype).float()
+    return magnitude.masked_fill_(keys < 0, -1.0)
+
+
+def _top_groups(
+    scores: Tensor, keys: Tensor, taken: Tensor, n_candidates: int, best_first: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The best untaken atom of each of the M best groups of ``_GROUP_SIZE`` atoms.
+
+    Group j holds atoms ``j, j + S, j + 2S, ...`` (S = ceil(N / g)), so its maximum is an
+    elementwise maximum of g contiguous [B, S] slices (3x faster than a max over a trailing
+    dimension of 8 on CPU). ``keys`` ([B, N], the integer dtype of the scores' width)
+    receives |score| as an integer (the float's bits without the sign, which order like the
+    value) with its lowest bits replaced by the atom's slice, so the maximum gives both the
+    group's best magnitude and which atom holds it. Magnitudes compare to within those 3 low
+    bits (2^-4 relative in bf16): fine for choosing candidates; the pick at a screen is
+    re-scored exactly (:func:`_rescore`). With fewer atoms than ``4 * g * M`` every atom is
+    its own group (a plain top-M). Taken atoms get key -1.
+    Example, groups of 2 over 16 atoms (S=8), M=2, scores ``[5, -1, 2, -3, -9, 0, 0, ...]``:
+    groups' best atoms ``0, 1, 2, 3, 4, ...`` -> candidates ``{0, 4}``.
+
+    Returns:
+        candidates [B, M] int64 atom ids, and their keys [B, M] (negative: taken).
+    """
+    n_atoms = scores.shape[1]
+    group = _GROUP_SIZE if n_atoms >= 4 * _GROUP_SIZE * n_candidates else 1
+    low_bits = group - 1
+    int_max = torch.iinfo(keys.dtype).max
+    torch.bitwise_and(scores.view(keys.dtype), int_max & ~low_bits, out=keys)
+    span = -(-n_atoms // group)  # S, the number of groups
+    if group > 1:
+        keys.bitwise_or_((torch.arange(n_atoms, device=keys.device) // span).to(keys.dtype))
+    if taken.shape[1]:
+        keys.scatter_(1, taken, -1)
+    if group == 1:
+        best = keys.topk(n_candidates, dim=1, sorted=best_first)
+        return best.indices, best.values
+    group_keys = keys[:, :span].clone()  # [B, S]
+    for start in range(span, n_atoms, span):
+        width = min(span, n_atoms - start)
+        part = group_keys[:, :width]
+        torch.maximum(part, keys[:, start : start + width], out=part)
+    best = group_keys.topk(n_candidates, dim=1, sorted=best_first)
+    place = best.values.bitwise_and(low_bits).long()
+    # A taken group's key (-1) names no atom; clamp keeps its index valid, is_taken masks it.
+    candidates = (best.indices + place * span).clamp_(max=n_atoms - 1)
+    return candidates, best.values
+
+
+def _rescore(
+    atoms: Tensor, score_scale: Tensor, residual: Tensor, state: _Selection, best: Tensor
+) -> Tensor:
+    """[B] int64: the position among ``best`` ([B, r]) with the largest exact fp32 |score|."""
+    ids = state.candidates.gather(1, best)  # [B, r]
+    rows = atoms.index_select(0, ids.reshape(-1)).view(*ids.shape, atoms.shape[1])  # [B, r, d]
+    exact = torch.bmm(rows, residual.unsqueeze(2)).squeeze(2).abs() * score_scale[ids]
+    exact.masked_fill_(state.is_taken.gather(1, best), -1.0)
+    return best.gather(1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def _gather_gram(gram: Tensor, atom: Tensor, state: _Selection) -> None:
+    """``state.gathered[b] = gram[atom[b], candidates[b]]`` ([B, M]), one flat gather."""
+    torch.add(state.candidates, (atom * gram.shape[0]).unsqueeze(1), out=state.flat_index)
+    torch.index_select(gram.view(-1), 0, state.flat_index.view(-1), out=state.gathered.view(-1))
+
+
+def _extend_factor(
+    state: _Selection,
+    w: Tensor,
+    diagonal: Tensor,
+    projection: Tensor,
+    step: int,
+    is_active: Tensor,
+    rtol: float,
+) -> Tensor:
+    """Append row ``[w, pivot]`` to L and ``z_step`` to z; returns [B] bool, atom usable.
+
+    ``w`` [B, step] = q_j . atom, ``diagonal`` [B] = G[atom, atom], ``projection`` [B] =
+    unit atom . target, all float64. An atom with ``pivot^2 <= rtol * diagonal`` (inside
+    the span of the earlier ones, to the Gram's precision), or any atom of an inactive row,
+    gets row ``[0, 1]`` and z = 0, as in ``omp_exact._extend_fit``.
+    """
+    pivot_sq = diagonal - (w * w).sum(dim=1)
+    is_usable = is_active & (pivot_sq > rtol * diagonal)
+    pivot = torch.where(is_usable, pivot_sq.clamp_min(1e-300).sqrt(), 1.0)
+    w = w * is_usable[:, None]
+    state.chol[:, step, :step] = w
+    state.chol[:, step, step] = pivot
+    rhs = (projection - (w * state.chol_rhs[:, :step]).sum(dim=1)) / pivot
+    state.chol_rhs[:, step] = torch.where(is_usable, rhs, 0.0)
+    state.is_usable[:, step] = is_usable
+    return is_usable
+
+
+def _extend_basis_scores(state: _Selection, w: Tensor, is_usable: Tensor, step: int) -> None:
+    """Add ``V[step] = (G[atom, C] - w @ V[:step]) / pivot`` and take ``z * V[step]`` off the
+    candidates' scores. ``state.gathered`` holds ``G[atom, C]``; unusable atoms get V = 0."""
+    new = state.basis_scores[:, step]  # [B, M]
+    if step:
+        weights = (w * is_usable[:, None]).float().unsqueeze(1)  # [B, 1, step]
+        gram_row = state.gathered.float().unsqueeze(1)  # [B, 1, M]
+        # Out of place: an in-place baddbmm_ on this strided view runs one addmm per row.
+        new.copy_(torch.baddbmm(gram_row, weights, state.basis_scores[:, :step], alpha=-1.0)[:, 0])
+    else:
+        new.copy_(state.gathered)
+    scale = torch.where(is_usable, 1.0 / state.chol[:, step, step], 0.0).float()
+    new.mul_(scale[:, None])
+    state.scores.addcmul_(new, state.chol_rhs[:, step, None].float(), value=-1.0)

@@ -1,0 +1,204 @@
+"""Tests of the screened OMP path (omp_init.omp_screened) and of choosing between the paths.
+
+The screened path must pick like exact OMP when it follows every atom, recover planted sparse
+combinations while following only a few candidates, stay within 2% of the exact path's mean
+residual on embedding-like rows, handle the exact path's degenerate cases, and give the same
+answer for a row whichever batch it is solved in.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_omp import gaussian_problem, naive_omp, planted_problem
+
+from omp_init import omp_exact, omp_screened
+from omp_init.omp import (
+    PreparedDictionary,
+    choose_algorithm,
+    pick_batch_size,
+    prepare_dictionary,
+    solve_omp,
+)
+
+FP32 = torch.float32
+BF16 = torch.bfloat16
+
+
+@pytest.fixture
+def few_candidates(monkeypatch):
+    """Follow 128 candidates (replace up to 64 per screen) so small problems really screen."""
+    monkeypatch.setattr(omp_screened, "_N_CANDIDATES", 128)
+    monkeypatch.setattr(omp_screened, "_N_REPLACED", 64)
+
+
+def embedding_like_problem(n_atoms=8000, dim=192, n_targets=100, n_families=400, seed=0):
+    """Rows like token embeddings: families of related tokens around centers that share a
+    common offset and a decaying spectrum (real rows: cos to the mean 0.4-0.65, top 64 of 576
+    directions hold 31% of the centered energy), with log-normal norms."""
+    generator = torch.Generator().manual_seed(seed)
+    rotation = torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0]
+    spectrum = torch.arange(1, dim + 1).float() ** -0.5
+    offset = torch.randn(dim, generator=generator)
+    offset *= spectrum.sum().sqrt() / offset.norm()
+    centers = (torch.randn(n_families, dim, generator=generator) * spectrum.sqrt()) @ rotation
+    centers = (centers + offset) * torch.exp(0.15 * torch.randn(n_families, 1, generator=generator))
+    spread = 0.5 * spectrum.sum().sqrt() / dim**0.5
+
+    def rows(n):
+        family = torch.randint(0, n_families, (n,), generator=generator)
+        return centers[family] + spread * torch.randn(n, dim, generator=generator)
+
+    return rows(n_atoms), rows(n_targets)
+
+
+def test_following_every_atom_matches_the_naive_reference():
+    # N=300 < M: every atom is a candidate, so this is Batch-OMP on the whole dictionary.
+    dictionary, targets = gaussian_problem()
+    expected_indices, expected_coefficients = naive_omp(dictionary, targets, 12)
+    result = solve_omp(dictionary, targets, 12, score_dtype=FP32, algorithm="screened")
+    assert torch.equal(result.indices, expected_indices)
+    torch.testing.assert_close(result.coefficients, expected_coefficients, atol=1e-5, rtol=1e-4)
+    assert torch.equal(result.n_steps, torch.full((targets.shape[0],), 12))
+
+
+@pytest.mark.parametrize("score_dtype", [FP32, BF16])
+def test_planted_combinations_are_recovered_from_few_candidates(few_candidates, score_dtype):
+    dictionary, targets, indices, _ = planted_problem(n_atoms=5000, dim=64, n_targets=30)
+    result = solve_omp(dictionary, targets, 6, score_dtype=score_dtype, algorithm="screened")
+    assert result.relative_residual().max() < 1e-5
+    picked = [set(row[:4].tolist()) for row in result.indices]
+    assert picked == [set(row.tolist()) for row in indices]
+
+
+@pytest.mark.parametrize("score_dtype", [FP32, BF16])
+def test_mean_residual_within_two_percent_of_exact(few_candidates, score_dtype):
+    dictionary, targets = embedding_like_problem()
+    exact = solve_omp(dictionary, targets, 16, score_dtype=FP32, algorithm="exact")
+    screened = solve_omp(dictionary, targets, 16, score_dtype=score_dtype, algorithm="screened")
+    ratio = screened.relative_residual().mean() / exact.relative_residual().mean()
+    assert ratio <= 1.02
+    # The refit is exact: the residual is the least-squares optimum on the picked atoms.
+    picked = dictionary.double()[screened.indices]  # [T, k, d]
+    solution = torch.linalg.lstsq(picked.mT, targets.double().unsqueeze(2)).solution
+    best = (targets.double() - (picked.mT @ solution).squeeze(2)).norm(dim=1).float()
+    torch.testing.assert_close(screened.residual_norm, best, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_do_not_depend_on_their_batch(few_candidates):
+    dictionary, targets = embedding_like_problem(n_targets=24)
+    prepared = prepare_dictionary(dictionary, score_dtype=BF16, algorithm="screened")
+    whole = solve_omp(prepared, targets, 16, batch_size=24)
+    again = solve_omp(prepared, targets, 16, batch_size=24)
+    split = solve_omp(prepared, targets, 16, batch_size=5)
+    assert torch.equal(whole.indices, again.indices)
+    assert torch.equal(whole.coefficients, again.coefficients)
+    assert torch.equal(whole.indices, split.indices)
+    torch.testing.assert_close(whole.coefficients, split.coefficients, atol=1e-6, rtol=1e-5)
+
+
+def test_duplicate_and_dependent_atoms_stay_finite():
+    base, targets = gaussian_problem(n_atoms=10, dim=16, n_targets=6)
+    dictionary = torch.cat([base, base, 2 * base])  # every atom three times
+    result = solve_omp(dictionary, targets, 20, score_dtype=FP32, algorithm="screened")
+    assert torch.isfinite(result.coefficients).all()
+    solution = torch.linalg.lstsq(base.T.double(), targets.T.double()).solution
+    best = (targets.T.double() - base.T.double() @ solution).norm(dim=0).float()
+    torch.testing.assert_close(result.residual_norm, best, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("score_dtype", [FP32, BF16])
+def test_more_atoms_than_dimensions_reaches_zero_residual(score_dtype):
+    dictionary, targets = gaussian_problem(n_atoms=40, dim=8, n_targets=5)
+    result = solve_omp(dictionary, targets, 20, score_dtype=score_dtype, algorithm="screened")
+    assert torch.isfinite(result.coefficients).all()
+    assert result.relative_residual().max() < 1e-5
+    assert all(len(set(row.tolist())) == 20 for row in result.indices)  # no atom twice
+
+
+def test_zero_targets_and_zero_atoms():
+    dictionary, targets = gaussian_problem(n_targets=3)
+    dictionary[4] = 0.0
+    targets[1] = 0.0
+    result = solve_omp(dictionary, targets, 5, algorithm="screened")
+    assert result.n_steps.tolist() == [5, 0, 5]
+    assert torch.all(result.indices[1] == 0) and torch.all(result.coefficients[1] == 0)
+    assert result.relative_residual()[1] == 0 and torch.isfinite(result.coefficients).all()
+
+
+def test_k_equal_to_dictionary_size_is_full_least_squares():
+    dictionary, targets = gaussian_problem(n_atoms=12, dim=20, n_targets=4)
+    result = solve_omp(dictionary, targets, 12, score_dtype=FP32, algorithm="screened")
+    assert sorted(result.indices[0].tolist()) == list(range(12))
+    solution = torch.linalg.lstsq(dictionary.T.double(), targets.T.double()).solution.T
+    torch.testing.assert_close(
+        result.coefficients, solution.gather(1, result.indices).float(), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_empty_targets():
+    dictionary, _ = gaussian_problem()
+    result = solve_omp(dictionary, torch.zeros(0, dictionary.shape[1]), 4, algorithm="screened")
+    assert result.indices.shape == (0, 4) and result.residual_norm.shape == (0,)
+
+
+def test_prepared_dictionary_is_reused_and_checked():
+    dictionary, targets = gaussian_problem()
+    prepared = prepare_dictionary(dictionary, score_dtype=FP32, algorithm="screened")
+    assert isinstance(prepared, PreparedDictionary) and prepared.gram.shape == (300, 300)
+    torch.testing.assert_close(prepared.gram, prepared.gram.T, atol=0, rtol=0)
+    unit = dictionary / dictionary.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(prepared.gram, unit @ unit.T, atol=1e-5, rtol=1e-5)
+    direct = solve_omp(dictionary, targets, 6, score_dtype=FP32, algorithm="screened")
+    reused = solve_omp(prepared, targets, 6)
+    assert torch.equal(direct.indices, reused.indices)
+    exact = solve_omp(prepared, targets, 6, algorithm="exact")
+    assert exact.indices.shape == (targets.shape[0], 6)
+    with pytest.raises(ValueError, match="score_dtype"):
+        solve_omp(prepared, targets, 6, score_dtype=BF16)
+    plain = prepare_dictionary(dictionary, algorithm="exact")
+    assert plain.gram is None
+    with pytest.raises(ValueError, match="algorithm='screened'"):
+        solve_omp(plain, targets, 6, algorithm="screened")
+    with pytest.raises(ValueError, match="residual_tol"):
+        solve_omp(prepared, targets, 6, algorithm="screened", residual_tol=0.1)
+    # auto falls back to the exact path where only it supports the request
+    planted, planted_targets, _, _ = planted_problem(support=3, seed=4)
+    planted_prepared = prepare_dictionary(planted, score_dtype=FP32, algorithm="screened")
+    stopped = solve_omp(planted_prepared, planted_targets, 8, residual_tol=1e-4)
+    assert torch.equal(stopped.n_steps, torch.full((planted_targets.shape[0],), 3))
+
+
+def test_auto_choice_follows_size_and_memory():
+    assert choose_algorithm(39234, 9911, 64, BF16, gram_memory_bytes=8 << 30) == "screened"
+    assert choose_algorithm(39234, 300, 64, BF16, gram_memory_bytes=8 << 30) == "exact"
+    assert choose_algorithm(39234, 9911, 64, BF16, gram_memory_bytes=1 << 30) == "exact"
+    assert choose_algorithm(1000, 10**6, 64, BF16, gram_memory_bytes=8 << 30) == "exact"
+    small = prepare_dictionary(gaussian_problem()[0], n_targets=10**6)
+    assert small.gram is None  # 300 atoms: the exact path is cheap anyway
+    # no [B, k, d] fp64 atoms to hold: the screened path fits about twice the rows per batch
+    exact_rows = pick_batch_size(39234, 896, 64)
+    assert pick_batch_size(39234, 896, 64, algorithm="screened") > 2 * exact_rows
+
+
+def test_top_groups_hand_example(monkeypatch):
+    monkeypatch.setattr(omp_screened, "_GROUP_SIZE", 2)
+    scores = torch.zeros(1, 16)
+    scores[0, :6] = torch.tensor([5.0, -1.0, 2.0, -3.0, -9.0, 0.0])  # groups' best: 0, 3, 4
+    keys = torch.empty_like(scores).view(torch.int32)
+    none = torch.zeros(1, 0, dtype=torch.long)
+    candidates, _ = omp_screened._top_groups(scores, keys, none, 2)
+    assert sorted(candidates[0].tolist()) == [0, 4]
+    candidates, _ = omp_screened._top_groups(scores, keys, torch.tensor([[4]]), 2)
+    assert sorted(candidates[0].tolist()) == [0, 3]
+
+
+def test_refit_drops_dependent_atoms_like_the_exact_path():
+    gram = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    rhs = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
+    assert omp_exact._refit_dropping(gram, rhs, 1e-10).tolist() == [[2.0, 0.0]]
+
+
+def test_screen_schedule():
+    assert [s for s in range(64) if omp_screened.is_screen_step(s)] == [0, 2, 8, 16, 32, 48]
+    assert omp_screened.n_screens(64) == 6 and omp_screened.n_screens(3) == 2
