@@ -41,6 +41,7 @@ class PassResult:
         residual_norm: [T] float32, ||target - combination|| in donor space.
         target_norm: [T] float32, ||target||.
         elapsed_s: wall time of this rank's solve.
+        algorithm: ``screened`` (Gram-screened candidates) or ``exact``, as chosen for the pass.
     """
 
     indices: torch.Tensor | None
@@ -48,6 +49,7 @@ class PassResult:
     residual_norm: torch.Tensor | None
     target_norm: torch.Tensor | None
     elapsed_s: float
+    algorithm: str = "exact"
 
 
 def chunk_rows_for(n_dictionary: int, max_batch_tokens: int | None) -> int:
@@ -140,4 +142,5 @@ def solve_pass(
             ("target_norm", torch.float32, ()),
         )
     }
-    return PassResult(elapsed_s=elapsed_s, **gathered)
+    algorithm = "screened" if prepared.gram is not None else "exact"
+    return PassResult(elapsed_s=elapsed_s, algorithm=algorithm, **gathered)

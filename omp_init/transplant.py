@@ -291,7 +291,11 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
         )
         if ctx.is_main:
             recipes[name] = baselines.omp_recipe(result, dict_base, centered=config.center)
-            residuals[name] = residual_statistics(result.residual_norm, result.target_norm, labels)
+            residuals[name] = {
+                "algorithm": result.algorithm,
+                "solve_s": round(result.elapsed_s, 2),
+                **residual_statistics(result.residual_norm, result.target_norm, labels),
+            }
     barrier(ctx)
     if not ctx.is_main:
         return None, None, {}
