@@ -266,3 +266,22 @@ def test_expected_fingerprint_matches_the_report(tmp_path, byte_bpe_model_dir, s
     assert expected_fingerprint(config) == result.report["fingerprint"]
     assert expected_fingerprint(TransplantConfig(**{**config.to_dict(), "k": 5})) != result.report["fingerprint"]
     assert expected_fingerprint(TransplantConfig(**{**config.to_dict(), "base": "org/hub-model"})) is None
+
+
+def test_document_start_added_when_base_has_one(tmp_path, sp_model_dir, byte_bpe_untied_model_dir):
+    """SP base adds <s> to every text; the byte-level tokenizer adds nothing: auto adds its bos."""
+    out = tmp_path / "auto"
+    result = _run(sp_model_dir, byte_bpe_untied_model_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    start_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer("the fox").input_ids[0] == start_id
+    assert result.report["document_start"]["added"] == "<|endoftext|>"
+    base_tok = AutoTokenizer.from_pretrained(sp_model_dir)
+    new, base = _tensors(out), _tensors(sp_model_dir)
+    for name in (EMBED, HEAD):
+        assert torch.equal(new[name][start_id], base[name][base_tok.bos_token_id]), name
+
+    kept = tmp_path / "never"
+    result = _run(sp_model_dir, byte_bpe_untied_model_dir, kept, document_start="never")
+    assert AutoTokenizer.from_pretrained(kept)("the fox").input_ids[0] != start_id
+    assert result.report["document_start"]["added"] is None
