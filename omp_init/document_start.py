@@ -89,11 +89,6 @@ def _with_prefix(tokenizer, token: str, token_id: int):
         backend.post_processor = processors.Sequence([backend.post_processor, template])
     else:
         backend.post_processor = template
-    if hasattr(changed, "add_bos_token"):
-        try:
-            changed.add_bos_token = True
-        except Exception:  # some tokenizer classes keep it read-only; the post-processor decides
-            pass
     return changed
 
 
