@@ -28,12 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+# huggingface_hub reads this when it is imported, so it must be set before torch/transformers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from omp_init import transplant
-from omp_init.real_models import fetch_registry_model
-from omp_init.sources import resolve_model
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from omp_init import transplant  # noqa: E402
+from omp_init.real_models import fetch_registry_model  # noqa: E402
+from omp_init.sources import resolve_model  # noqa: E402
 
 PROMPTS = {
     "code": [
@@ -172,5 +175,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raise SystemExit(main())

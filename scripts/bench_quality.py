@@ -40,7 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# huggingface_hub reads this when it is imported, so it must be set before torch/transformers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
 
 DEFAULT_MERGEKIT = "/work/mk-venv/bin/mergekit-tokensurgeon"
 CLI_METHODS = {"omp", "omp-nocenter", "zero", "mean", "random", "fvt"}
@@ -478,7 +481,6 @@ def main() -> None:
     parser.add_argument("--markdown", help="write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     specs = [parse_method(s) for s in args.methods.split(",") if s]
     if not args.mergekit_bin:

@@ -28,14 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+# huggingface_hub reads this when it is imported, so it must be set before torch/transformers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from omp_init.checkpoint import locate_embeddings
-from omp_init.omp import prepare_dictionary, solve_omp
-from omp_init.real_models import fetch_registry_model
-from omp_init.sources import load_tokenizer, resolve_model
-from omp_init.vocab import align_vocabularies, token_bytes
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+
+from omp_init.checkpoint import locate_embeddings  # noqa: E402
+from omp_init.omp import prepare_dictionary, solve_omp  # noqa: E402
+from omp_init.real_models import fetch_registry_model  # noqa: E402
+from omp_init.sources import load_tokenizer, resolve_model  # noqa: E402
+from omp_init.vocab import align_vocabularies, token_bytes  # noqa: E402
 
 _MERGEKIT_RUNNER = r"""
 import json, sys, time, torch
@@ -153,5 +156,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raise SystemExit(main())
