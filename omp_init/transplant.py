@@ -156,16 +156,16 @@ def _partial_dir(output: str) -> Path:
 
 def _load_inputs(config: TransplantConfig, ctx: DistContext) -> _Inputs:
     """Steps 1-3. Rank 0 goes first so a ``.gguf`` is converted once, then the others read it."""
-    error: BaseException | None = None
-    inputs = None
-    for turn in ("main", "others"):
-        if (turn == "main") == ctx.is_main:
-            try:
-                inputs = _load_inputs_here(config)
-            except OmpInitError as exc:
-                error = exc
-        if turn == "main":
-            check_all_ranks(ctx, error if ctx.is_main else None)
+    def attempt() -> tuple[_Inputs | None, OmpInitError | None]:
+        try:
+            return _load_inputs_here(config), None
+        except OmpInitError as exc:
+            return None, exc
+
+    inputs, error = attempt() if ctx.is_main else (None, None)
+    check_all_ranks(ctx, error)  # rank 0's failure stops every rank here
+    if not ctx.is_main:
+        inputs, error = attempt()
     check_all_ranks(ctx, error)
     assert inputs is not None
     return inputs
