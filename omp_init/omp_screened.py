@@ -40,15 +40,18 @@ from torch import Tensor
 from .omp_exact import refit_exact
 
 # Screens run at these steps and then at every multiple of _SCREEN_INTERVAL (see
-# is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows (M=512, docs/performance.md)
+# is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows (M=384-512, docs/performance.md)
 # the mean residual is then 0.1-0.3% above the exact path's; screening every 24 steps instead
 # of 16 costs 0.25-0.7% more, (0, 4, 12, 32) 1-2%; screening at 1 and 4 too buys < 0.1%.
 _EARLY_SCREEN_STEPS = (0, 2, 8)
 _SCREEN_INTERVAL = 16
 # Candidates followed per target between screens (M), and how many a later screen may replace
-# (the rest keep their slots and V columns, so only replaced slots cost Gram gathers).
-_N_CANDIDATES = 512
-_N_REPLACED = 256
+# (the rest keep their slots and V columns, so only replaced slots cost Gram gathers). On the
+# real Qwen2.5 <- SmolLM2 rows (docs/performance.md): M=512/R=256 ends 0.15% above the exact
+# mean residual, M=384/R=256 0.16%, M=256/R=160 0.3-0.4% at 15-20% less time (the steps
+# between screens cost O(t*M) and are bound by memory traffic).
+_N_CANDIDATES = 256
+_N_REPLACED = 160
 # The candidates are the best atom of each of the best groups of this many atoms: a max over
 # groups plus a top-M over N/8 groups is 4x cheaper than a top-M over N atoms on CPU, and
 # measured no worse.
@@ -175,7 +178,8 @@ def solve_batch_screened(
         state.is_taken[rows, position] = True
         state.indices[:, step] = atom
         w = state.basis_scores[rows, :step, position].double()  # [B, step], q_j . atom
-        projection = (atoms[atom].double() * targets64).sum(dim=1) * score_scale[atom]
+        # fp32 is plenty inside the selection (its Gram is bf16); the final refit is fp64.
+        projection = torch.linalg.vecdot(atoms[atom], targets).double() * score_scale[atom]
         diagonal = gram[atom, atom].double()
         is_usable = _extend_factor(state, w, diagonal, projection, step, is_active, rtol)
         _gather_gram(gram, atom, state)

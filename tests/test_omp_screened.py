@@ -97,6 +97,32 @@ def test_rows_do_not_depend_on_their_batch(few_candidates):
     torch.testing.assert_close(whole.coefficients, split.coefficients, atol=1e-6, rtol=1e-5)
 
 
+def test_cpu_threads_split_rows_with_the_same_result(few_candidates, monkeypatch):
+    # With 2 torch threads the batch is split into 2 blocks solved on 2 Python threads; the
+    # result must equal the single-block solve of the same rows.
+    from omp_init import omp
+
+    dictionary, targets = embedding_like_problem(n_targets=2 * omp._MIN_ROWS_PER_THREAD + 3)
+    prepared = prepare_dictionary(dictionary, score_dtype=BF16, algorithm="screened")
+    blocks = []
+    solve_block = omp._solve_batch_screened
+    monkeypatch.setattr(
+        omp, "_solve_batch_screened", lambda p, rows, k: blocks.append(len(rows)) or solve_block(p, rows, k)
+    )
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = solve_omp(prepared, targets, 16)
+        torch.set_num_threads(2)
+        split = solve_omp(prepared, targets, 16)
+        assert torch.get_num_threads() == 2  # restored after the threaded solve
+    finally:
+        torch.set_num_threads(previous)
+    assert blocks == [len(targets), 66, 65]
+    assert torch.equal(single.indices, split.indices)
+    torch.testing.assert_close(single.coefficients, split.coefficients, atol=1e-6, rtol=1e-5)
+
+
 def test_duplicate_and_dependent_atoms_stay_finite():
     base, targets = gaussian_problem(n_atoms=10, dim=16, n_targets=6)
     dictionary = torch.cat([base, base, 2 * base])  # every atom three times
