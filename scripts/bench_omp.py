@@ -31,7 +31,7 @@ import types
 
 import torch
 
-from omp_init import omp, omp_exact
+from omp_init import omp, omp_exact, omp_screened
 
 
 def make_rows(n_rows: int, dim: int, generator: torch.Generator, parts: dict) -> torch.Tensor:
@@ -139,6 +139,34 @@ def run_mergekit(batch_omp, dictionary, targets, k, device):
     return timed(solve, device)
 
 
+def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean, n_ref) -> dict:
+    """Best-of-``rounds`` time and residual ratio of each screened variant, run alternately
+    (this VM's speed drifts by +-15% between runs, so variants are timed side by side)."""
+    saved = (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
+             omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL)  # fmt: skip
+    best: dict[str, dict] = {}
+    try:
+        for _ in range(rounds):
+            for spec in specs:
+                n_candidates, n_replaced, steps = spec.split(":")
+                omp_screened._N_CANDIDATES, omp_screened._N_REPLACED = int(n_candidates), int(n_replaced)
+                omp_screened._EARLY_SCREEN_STEPS = tuple(int(x) for x in steps.split(","))
+                omp_screened._SCREEN_INTERVAL = 1 << 30  # only the listed steps
+                result, seconds, _ = timed(
+                    lambda: omp.solve_omp(prepared, targets, k, batch_size=batch, algorithm="screened"),
+                    device,
+                )
+                ratio = float(result.relative_residual()[:n_ref].mean() / exact_mean)
+                if spec not in best or seconds < best[spec]["best_s"]:
+                    best[spec] = {"best_s": round(seconds, 2),
+                                  "ms_per_target": round(1000 * seconds / targets.shape[0], 3),
+                                  "mean_residual_over_exact_fp32": round(ratio, 5)}  # fmt: skip
+    finally:
+        (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
+         omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL) = saved  # fmt: skip
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="base model dir (real problem; with --donor)")
@@ -162,6 +190,14 @@ def main() -> None:
     parser.add_argument(
         "--no-rescore", action="store_true", help="also run exact bf16 without re-scoring"
     )
+    parser.add_argument(
+        "--screened-variants",
+        nargs="+",
+        metavar="M:R:STEPS",
+        help="also time the screened path with M candidates, R replaced per screen and these "
+        "comma-separated screen steps (e.g. 256:160:0,2,8,16,32,48), alternating for --rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --screened-variants")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,6 +278,10 @@ def main() -> None:
     results["screened_bf16"]["extrapolated_full_with_gram_s"] = round(
         prepare_s + seconds * total_targets / n_timed, 1
     )
+    if args.screened_variants:
+        results["screened_variants"] = time_variants(
+            args.screened_variants, args.rounds, prepared, targets, k, batch, device, exact_mean, n_ref
+        )
     prepared = None  # free the Gram before the mergekit run
 
     if args.mergekit_omp:

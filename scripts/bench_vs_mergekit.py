@@ -130,8 +130,10 @@ def main(argv=None) -> int:
     mergekit = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = _ours(dictionary, targets, args.k, "auto", torch.bfloat16)
     runs = {"mergekit_batch_omp_fp32": mergekit, "omp_init_default": ours}
+    ratios = {}
     if not args.skip_exact:
-        runs["omp_init_exact_fp32"] = _ours(dictionary, targets, args.k, "exact", torch.float32)
+        exact = runs["omp_init_exact_fp32"] = _ours(dictionary, targets, args.k, "exact", torch.float32)
+        ratios["mean_residual_ratio_vs_exact_fp32"] = round(ours["mean_residual"] / exact["mean_residual"], 4)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {
@@ -145,6 +147,7 @@ def main(argv=None) -> int:
         "runs": runs,
         "speedup_vs_mergekit": round(mergekit["elapsed_s"] / ours["elapsed_s"], 2),
         "mean_residual_ratio_vs_mergekit": round(ours["mean_residual"] / mergekit["mean_residual"], 4),
+        **ratios,
     }
     if args.end_to_end:
         report["end_to_end"] = _end_to_end(args, work, base, donor)
