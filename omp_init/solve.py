@@ -27,8 +27,12 @@ from .resume import ChunkStore
 
 logger = logging.getLogger(__name__)
 
-# Bytes one chunk's [rows, N] score matrix may take; fixes the chunk grid from N alone.
+# Bytes one chunk's [rows, N] score matrix may take; with _MIN_CHUNKS it fixes the chunk grid
+# from the problem alone (N and T), never from the world size.
 _SCORE_BUDGET_BYTES = 256 << 20
+# Fewest chunks a pass is cut into when it has enough rows (see chunk_rows_for): ranks then
+# split the work evenly, and a resumed run redoes at most one small chunk per rank.
+_MIN_CHUNKS = 32
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,21 @@ class PassResult:
     algorithm: str = "exact"
 
 
-def chunk_rows_for(n_dictionary: int, max_batch_tokens: int | None) -> int:
-    """Rows per chunk: the user's ``--max-batch-tokens`` or what fits the score budget.
+def chunk_rows_for(n_dictionary: int, max_batch_tokens: int | None, n_rows: int | None = None) -> int:
+    """Rows per chunk: the user's ``--max-batch-tokens`` or what fits the score budget, and
+    small enough that the pass has at least ``_MIN_CHUNKS`` chunks.
 
-    Example: N = 39,234 atoms, bf16 scores -> 256 MiB / (39,234 * 4 B) ~ 1,710 -> 1,536 rows
-    (rounded down to a multiple of 256 for matmul-friendly shapes).
+    The grid depends only on the problem (never on the world size), so saved chunks resume
+    under any number of ranks; enough chunks keep ranks balanced (7 chunks split 4:3 over two
+    ranks, 20 split 10:10). Rounded to a multiple of 256 for matmul-friendly shapes.
+    Example: N = 39,234 atoms, bf16 scores -> 256 MiB / (39,234 * 4 B) ~ 1,710 -> 1,536 rows;
+    with T = 9,911 rows to solve, 9,911 / 32 -> 512 rows.
     """
     if max_batch_tokens:
         return max_batch_tokens
     rows = _SCORE_BUDGET_BYTES // max(1, n_dictionary * 4)
+    if n_rows:
+        rows = min(rows, -(-math.ceil(n_rows / _MIN_CHUNKS) // 256) * 256)
     return int(max(256, min(8192, rows // 256 * 256)))
 
 
@@ -89,7 +99,7 @@ def solve_pass(
         max_batch_tokens: rows per chunk; None picks from the dictionary size.
     """
     n_rows = targets.shape[0]
-    chunk = chunk_rows_for(dictionary.shape[0], max_batch_tokens)
+    chunk = chunk_rows_for(dictionary.shape[0], max_batch_tokens, n_rows)
     n_chunks = math.ceil(n_rows / chunk) if n_rows else 0
     first, last = shard_range(n_chunks, ctx.rank, ctx.world_size)
     my_start, my_stop = first * chunk, min(last * chunk, n_rows)
@@ -101,6 +111,7 @@ def solve_pass(
     # Converted once per pass (and its Gram matrix built once, when the screened path pays);
     # the algorithm is chosen from the whole pass's size, so every rank chooses alike.
     prepared = prepare_dictionary(dictionary.to(ctx.device, torch.float32), score_dtype=score_dtype, n_targets=n_rows, k=k)
+    prepare_s = time.perf_counter() - started
     parts: list[dict[str, torch.Tensor]] = []
     bar = tqdm(
         total=n_rows,
@@ -126,7 +137,10 @@ def solve_pass(
         bar.update((stop - start) * ctx.world_size if c < last - 1 else n_rows - bar.n)
     bar.close()
     elapsed_s = time.perf_counter() - started
-    logger.info("%sOMP %s: %d rows in %.1f s", ctx.prefix(), name, my_stop - my_start, elapsed_s)
+    logger.info(
+        "%sOMP %s: %d rows in %.1f s (dictionary prepared in %.1f s)",
+        ctx.prefix(), name, my_stop - my_start, elapsed_s, prepare_s,
+    )  # fmt: skip
 
     def stacked(key: str, dtype: torch.dtype, width: tuple[int, ...]) -> torch.Tensor:
         if parts:

@@ -107,3 +107,18 @@ def test_changed_arguments_discard_saved_chunks(tmp_path, monkeypatch, caplog, b
     with caplog.at_level("WARNING"):
         transplant(**{**_args(byte_bpe_untied_model_dir, sp_model_dir, out), "k": 4})
     assert "different inputs or options" in caplog.text
+
+
+def test_chunk_grid_depends_on_the_problem_and_keeps_ranks_balanced():
+    from omp_init.solve import chunk_rows_for
+
+    # Score budget alone: 256 MiB of [rows, N] fp32 scores, a multiple of 256.
+    assert chunk_rows_for(39_234, None) == 1536
+    # Enough rows: at least 32 chunks, so two ranks get 10 and 10 of 20 instead of 4 and 3 of 7.
+    assert chunk_rows_for(39_234, None, n_rows=9_911) == 512
+    assert -(-9_911 // 512) == 20
+    # Few rows: never below 256; many rows: the budget caps it.
+    assert chunk_rows_for(39_234, None, n_rows=1_000) == 256
+    assert chunk_rows_for(39_234, None, n_rows=112_697) == 1536
+    # --max-batch-tokens wins.
+    assert chunk_rows_for(39_234, 100, n_rows=9_911) == 100
