@@ -51,7 +51,8 @@ _APPLY_CHUNK_BYTES = 16 << 20
 _GRAM_MAX_BYTES = 8 << 30
 # Work of one screened step between screens (candidate scores, Gram gathers, refit share), in
 # units of one full scoring GEMM row (N*d multiply-adds): on CPU with the real Qwen2.5 <-
-# SmolLM2 rows (d=576, M=512) 64 steps cost about as much as 16 GEMM rows (docs/performance.md).
+# SmolLM2 rows (d=576) 64 steps cost about as much as 16 GEMM rows at M=512, less at the default
+# M=256 (docs/performance.md); the estimate stays conservative.
 _SCREENED_STEP_COST = 0.25
 # Fewest rows a thread of the CPU row-parallel screened solve gets (see _solve_rows_in_threads):
 # below this the per-step Python overhead outweighs the second core.

@@ -74,10 +74,15 @@ def _load(path: str | Path, dtype: torch.dtype):
     return model
 
 
-def _measure(target, tokenizer, draft, prompt: str, max_new_tokens: int) -> dict:
+def _greedy(target, tokenizer, prompt: str, max_new_tokens: int) -> torch.Tensor:
+    """The target's own greedy continuation (what assisted generation must reproduce)."""
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
-        reference = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+        return target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+
+
+def _measure(target, tokenizer, draft, prompt: str, reference: torch.Tensor, max_new_tokens: int) -> dict:
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
     target_counter, draft_counter = _CallCounter(target), _CallCounter(draft)
     started = time.perf_counter()
     with torch.inference_mode():
@@ -119,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--drafts", default="omp,mean,qwen0.5b", help="comma-separated subset of omp, mean, qwen0.5b")
+    parser.add_argument("--omp-draft", help="use this existing omp-init output as the omp draft (e.g. omp-init demo's)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -133,6 +139,9 @@ def main(argv=None) -> int:
         if name == "qwen0.5b":
             draft_dirs[name] = resolve_model(str(qwen05), role="donor").local_dir
             continue
+        if name == "omp" and args.omp_draft:
+            draft_dirs[name] = Path(args.omp_draft)
+            continue
         out = work / f"smollm2-qwen-tok-{name}"
         if not (out / "config.json").is_file():
             started = time.perf_counter()
@@ -142,12 +151,13 @@ def main(argv=None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     target = _load(target_dir, dtype)
+    references = {p: _greedy(target, tokenizer, p, args.max_new_tokens) for ps in PROMPTS.values() for p in ps}
     results = {}
     for name, path in draft_dirs.items():
         draft = _load(path, dtype)
         per_kind = {}
         for kind, prompts in PROMPTS.items():
-            rows = [_measure(target, tokenizer, draft, p, args.max_new_tokens) for p in prompts]
+            rows = [_measure(target, tokenizer, draft, p, references[p], args.max_new_tokens) for p in prompts]
             per_kind[kind] = {"summary": _summarize(rows), "prompts": rows}
         results[name] = per_kind
         del draft
