@@ -201,8 +201,12 @@ def write_png(curves: dict, tokens_per_step_by_method: dict, path: Path) -> None
     import matplotlib.pyplot as plt
 
     groups = sorted({name for method in curves.values() for name in method})
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=False, squeeze=False)
-    for ax, text in zip(axes[0], groups, strict=True):
+    n_cols = min(4, len(groups))
+    n_rows = -(-len(groups) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.8 * n_rows), squeeze=False)
+    for ax in axes.flat[len(groups) :]:
+        ax.axis("off")
+    for ax, text in zip(axes.flat, groups, strict=False):  # spare axes are switched off above
         for method, style in (("omp", "-o"), ("mean", "--s")):
             if method not in curves or text not in curves[method]:
                 continue
@@ -213,7 +217,8 @@ def write_png(curves: dict, tokens_per_step_by_method: dict, path: Path) -> None
         ax.set_title(text.removesuffix(".txt"), fontsize=9)
         ax.set_xlabel("training tokens (k)", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("bpb rise over the base (%)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("bpb rise over the base (%)", fontsize=8)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
