@@ -96,7 +96,7 @@ def solve_pass(
         ctx: this rank's place in the job.
         store: saved-chunk store (resume).
         score_dtype: precision of candidate scoring (the refit is fp32 or better).
-        max_batch_tokens: rows per chunk; None picks from the dictionary size.
+        max_batch_tokens: rows per chunk; None picks from the dictionary size and T (chunk_rows_for).
     """
     n_rows = targets.shape[0]
     chunk = chunk_rows_for(dictionary.shape[0], max_batch_tokens, n_rows)
