@@ -123,6 +123,30 @@ def test_cpu_threads_split_rows_with_the_same_result(few_candidates, monkeypatch
     torch.testing.assert_close(single.coefficients, split.coefficients, atol=1e-6, rtol=1e-5)
 
 
+def test_cpu_batches_keep_each_threads_scores_small(few_candidates, monkeypatch):
+    # Without a batch size, a CPU screened batch holds at most _CPU_THREAD_SCORE_BYTES of
+    # [rows, N] scores per thread (here 100 rows' worth, one thread) whatever the memory allows.
+    from omp_init import omp
+
+    dictionary, targets = embedding_like_problem(n_targets=250)
+    prepared = prepare_dictionary(dictionary, score_dtype=BF16, algorithm="screened")
+    monkeypatch.setattr(omp, "_CPU_THREAD_SCORE_BYTES", 100 * len(dictionary) * 2)
+    batches = []
+    solve_rows = omp._solve_rows_in_threads
+    monkeypatch.setattr(
+        omp, "_solve_rows_in_threads", lambda p, rows, k: batches.append(len(rows)) or solve_rows(p, rows, k)
+    )
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        capped = solve_omp(prepared, targets, 16)
+        uncapped = solve_omp(prepared, targets, 16, batch_size=250)  # an explicit size is kept
+    finally:
+        torch.set_num_threads(previous)
+    assert batches == [100, 100, 50, 250]
+    assert torch.equal(capped.indices, uncapped.indices)
+
+
 def test_duplicate_and_dependent_atoms_stay_finite():
     base, targets = gaussian_problem(n_atoms=10, dim=16, n_targets=6)
     dictionary = torch.cat([base, base, 2 * base])  # every atom three times
@@ -223,6 +247,24 @@ def test_refit_drops_dependent_atoms_like_the_exact_path():
     gram = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
     rhs = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
     assert omp_exact._refit_dropping(gram, rhs, 1e-10).tolist() == [[2.0, 0.0]]
+
+
+def test_refit_is_the_fp64_least_squares_fit_for_clean_and_nearly_dependent_rows():
+    # Row 0: well-separated atoms (solved from the fp32 Gram). Row 1: atom 2 is atom 0 plus a
+    # 1e-3 nudge (pivot^2 ~ 1e-6 of its norm^2, below the fp32 tier's 1e-4), so coefficients
+    # are ~1e3 and an fp32 Gram would get them wrong by ~10%: it must take the fp64 Gram.
+    gen = torch.Generator().manual_seed(0)
+    atoms = torch.randn(8, 32, generator=gen)
+    atoms[7] = atoms[0] + 1e-3 * torch.randn(32, generator=gen)
+    indices = torch.tensor([[0, 1, 2], [0, 1, 7]])
+    targets = torch.randn(2, 32, generator=gen).double()
+    coefficients = omp_exact.refit_exact(atoms, indices, targets, torch.tensor([True, True]))
+    for row in range(2):
+        picked = atoms[indices[row]].double()
+        expected = torch.linalg.lstsq(picked.T, targets[row]).solution
+        error = (coefficients[row] - expected).norm() / expected.norm()
+        assert error < (1e-5 if row == 0 else 1e-8)
+    assert coefficients[1].abs().max() > 100  # the nearly dependent pair really is ill-posed
 
 
 def test_screen_schedule():
