@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from .errors import ConfigError, OutputExistsError, SourceError
+from .saved_tokenizer import pin_tokenizer_class
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def write_checkpoint(
     extra_json: dict[str, dict],
     overwrite: bool,
     generation_config_updates: dict[str, Any] | None = None,
+    report_name: str | None = None,
 ) -> Path:
     """Write the base checkpoint with new embeddings, new tokenizer and extra JSON files.
 
@@ -253,6 +255,9 @@ def write_checkpoint(
         extra_json: file name -> dict, written as pretty JSON (e.g. ``omp_init_report.json``).
         overwrite: replace an existing ``out_dir``.
         generation_config_updates: extra keys for ``generation_config.json``.
+        report_name: the ``extra_json`` entry (updated in place) that also gets
+            ``saved_tokenizer``: whether ``AutoTokenizer`` reloads the tokenizer as saved, and
+            whether its class had to be pinned (``saved_tokenizer.py``).
 
     Returns:
         ``out_dir`` as a Path.
@@ -283,6 +288,9 @@ def write_checkpoint(
             base_dir, tmp, config, config_updates, generation_config_updates or {}
         )
         tokenizer.save_pretrained(tmp)
+        tokenizer_check = pin_tokenizer_class(tmp, tokenizer)
+        if report_name is not None:
+            extra_json[report_name]["saved_tokenizer"] = tokenizer_check  # the caller's dict too
         _copy_other_files(base_dir, tmp, skip=set(extra_json))
         for name, payload in extra_json.items():
             if Path(name).name != name:

@@ -387,6 +387,7 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         tokenizer=tok,
         extra_json={REPORT_NAME: report},
         overwrite=config.overwrite,
+        report_name=REPORT_NAME,
     )
     logger.info("wrote %s", config.output)
     return report

@@ -147,6 +147,13 @@ def run_mergekit(
     for name in TOKENIZER_FILES:  # make sure the new tokenizer is there for scoring
         if not (partial / name).exists() and (Path(donor) / name).exists():
             shutil.copy2(Path(donor) / name, partial / name)
+    # Scored like omp-init's outputs: AutoTokenizer must cut text as the donor's tokenizer does
+    # (a qwen2 base would otherwise reload it as Qwen2Tokenizer; omp_init/saved_tokenizer.py).
+    from transformers import AutoTokenizer
+
+    from omp_init.saved_tokenizer import pin_tokenizer_class
+
+    print("mergekit output tokenizer:", pin_tokenizer_class(partial, AutoTokenizer.from_pretrained(donor)))
     partial.rename(out)
 
 

@@ -120,6 +120,10 @@ def test_output_loads_and_generates(tmp_path, byte_bpe_model_dir, sp_model_dir):
     assert generated.shape[1] == ids.shape[1] + 4
     report = json.loads((out / "omp_init_report.json").read_text())
     assert report["vocab"]["copied"] + report["vocab"]["solved"] + report["vocab"]["fallback"] == len(tokenizer)
+    # AutoTokenizer on the output cuts text like the new tokenizer (llama: nothing to pin).
+    assert report["saved_tokenizer"] == {
+        "auto_tokenizer_class": "TokenizersBackend", "pinned": False, "matches_saved_tokenizer": True
+    }
 
 
 def test_same_tokenizer_changes_no_weight(tmp_path, byte_bpe_model_dir, byte_bpe_untied_model_dir):
