@@ -4,8 +4,8 @@ Shared tokens keep the base model's rows; each new token is reconstructed, in th
 embedding space, as a sparse combination of k shared tokens (OMP), and the same coefficients are
 applied to those tokens' rows in the base model.
 
-Public API (what integrations may use): :func:`transplant`, :class:`TransplantConfig` and the
-errors.
+Public API (what integrations may use): :func:`transplant`, :class:`TransplantConfig`,
+:func:`freeze_copied_rows` and the errors.
 """
 
 from .config import TransplantConfig
@@ -43,8 +43,16 @@ def expected_fingerprint(config: TransplantConfig) -> str | None:
     return _expected(config)
 
 
+def freeze_copied_rows(model, checkpoint_dir):
+    """Train only the rows a transplant built; see :func:`omp_init.train_rows.freeze_copied_rows`."""
+    from .train_rows import freeze_copied_rows as _freeze
+
+    return _freeze(model, checkpoint_dir)
+
+
 __all__ = [
     "transplant",
+    "freeze_copied_rows",
     "expected_fingerprint",
     "TransplantConfig",
     "OmpInitError",

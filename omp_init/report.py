@@ -25,6 +25,15 @@ import torch
 
 SCHEMA_VERSION = 1
 REPORT_NAME = "omp_init_report.json"
+# Which rows of the output were copied from the base (the rest were built or are padding), for
+# training that should move only the built rows (the axolotl plugin's
+# omp_init_train_new_rows_only): {"rows": n_rows, "copied_ids": [sorted new-vocabulary ids]}.
+ROWS_NAME = "omp_init_rows.json"
+
+
+def rows_record(n_rows: int, copied_ids: list[int]) -> dict:
+    """The ``ROWS_NAME`` payload. Example: ``rows_record(4, [2, 0])`` -> rows 4, copied [0, 2]."""
+    return {"rows": n_rows, "copied_ids": sorted(copied_ids)}
 
 
 def package_versions() -> dict[str, str]:

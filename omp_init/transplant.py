@@ -26,7 +26,14 @@ from .config import TransplantConfig
 from .distributed import DistContext, barrier, check_all_ranks, init_distributed, shutdown
 from .errors import AlignmentError, OmpInitError
 from .omp import resolve_score_dtype
-from .report import REPORT_NAME, build_report, residual_statistics, summarize
+from .report import (
+    REPORT_NAME,
+    ROWS_NAME,
+    build_report,
+    residual_statistics,
+    rows_record,
+    summarize,
+)
 from .resume import ChunkStore
 from .solve import solve_pass
 from .specials import load_special_map
@@ -385,7 +392,7 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         config_updates={"vocab_size": n_rows, **special_ids},
         generation_config_updates={k: v for k, v in special_ids.items() if v is not None},
         tokenizer=tok,
-        extra_json={REPORT_NAME: report},
+        extra_json={REPORT_NAME: report, ROWS_NAME: rows_record(n_rows, alignment.copy_new_ids)},
         overwrite=config.overwrite,
         report_name=REPORT_NAME,
     )

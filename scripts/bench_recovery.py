@@ -15,7 +15,10 @@ never trained on.
 
 Models (default, as ``omp-init demo``): SmolLM2-135M-Instruct receives Qwen2.5-Coder-0.5B's
 tokenizer; ``--omp-checkpoint`` reuses an existing omp-init output (e.g. the demo's) for the
-``omp`` run. Usage::
+``omp`` run. Methods (``--methods``): ``omp``, ``mean`` (any ``omp-init --method``), and
+``omp-newrows``: the OMP transplant trained with ``omp_init_train_new_rows_only: true`` and
+``weight_decay: 0`` (the copied rows stay the base's). ``--previous`` adds the curves of an
+earlier run's JSON to the PNG. Usage::
 
     HF_HUB_OFFLINE=1 python scripts/bench_recovery.py --steps 200 --eval-every 25 \\
         --work-dir /tmp/recovery --out docs/recovery.json --png docs/recovery.png
@@ -107,7 +110,12 @@ def pack_rows(train: Path, model_dir: Path, sequence_len: int, work: Path) -> tu
     return packed, sum(lengths) / len(lengths)
 
 
+# Runs that train an existing transplant differently: run name -> (transplant method, extra keys).
+TRAINING_VARIANTS = {"omp-newrows": ("omp", {"omp_init_train_new_rows_only": True, "weight_decay": 0.0})}
+
+
 def make_transplant(method: str, args, base: str, donor: str, work: Path) -> Path:
+    method = TRAINING_VARIANTS.get(method, (method, {}))[0]
     if method == "omp" and args.omp_checkpoint:
         return Path(args.omp_checkpoint)
     out = work / f"transplant-{method}"
@@ -120,6 +128,7 @@ def write_config(method: str, init_dir: Path, base: str, donor: str, train: Path
     """The CPT recipe with this run's data, steps, checkpoints and initialization."""
     cfg = yaml.safe_load(RECIPE.read_text())
     run_dir = work / f"run-{method}"
+    init_method, extra_keys = TRAINING_VARIANTS.get(method, (method, {}))
     cfg.update(
         base_model=str(init_dir),
         base_model_config=str(init_dir),
@@ -128,7 +137,7 @@ def write_config(method: str, init_dir: Path, base: str, donor: str, train: Path
         omp_init_donor=donor,
         omp_init_output=str(init_dir),
         omp_init_k=args.k,
-        omp_init_method=method,
+        omp_init_method=init_method,
         datasets=[{"path": str(train), "ds_type": "json", "type": "completion"}],
         dataset_prepared_path=str(work / f"prepared-{method}"),
         max_steps=args.steps,
@@ -139,6 +148,7 @@ def write_config(method: str, init_dir: Path, base: str, donor: str, train: Path
         seed=args.seed,
         output_dir=str(run_dir),
         logging_steps=5,
+        **extra_keys,
     )
     path = work / f"cpt-{method}.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -207,8 +217,9 @@ def write_png(curves: dict, tokens_per_step_by_method: dict, path: Path) -> None
     for ax in axes.flat[len(groups) :]:
         ax.axis("off")
     for ax, text in zip(axes.flat, groups, strict=False):  # spare axes are switched off above
-        for method, style in (("omp", "-o"), ("mean", "--s")):
-            if method not in curves or text not in curves[method]:
+        for method in curves:
+            style = {"omp": "-o", "mean": "--s", "omp-newrows": ":^"}.get(method.split(" ")[0], "-.")
+            if text not in curves[method]:
                 continue
             rises = curves[method][text]
             tokens = [step * tokens_per_step_by_method[method] / 1e3 for step in rises]
@@ -241,6 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("recovery_bench"))
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--png", help="write the curves here")
+    parser.add_argument("--previous", type=Path, help="an earlier run's JSON whose curves the PNG also shows")
     args = parser.parse_args(argv)
     if not 0 < args.held_out < 1:
         raise SystemExit("--held-out must be between 0 and 1 (the fraction of each text scored)")
@@ -295,6 +307,12 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(text)
     if args.png:
+        if args.previous:  # earlier curves, labelled with their file name
+            previous = json.loads(args.previous.read_text())
+            for method, run in previous["runs"].items():
+                label = f"{method} ({args.previous.name})"
+                curves[label] = {t: {int(k): v for k, v in r.items()} for t, r in run["rise_pct"].items()}
+                step_tokens[label] = run["tokens_per_step"]
         write_png(curves, step_tokens, Path(args.png))
     print(text)
     return 0

@@ -24,6 +24,8 @@ from omp_init import ConfigError, TransplantConfig
 KEY_PREFIX = "omp_init_"
 PLUGIN_NAME = "omp_init.axolotl.OmpInitPlugin"
 TRANSPLANT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransplantConfig))
+# Keys about training from the checkpoint, not about building it (not TransplantConfig fields).
+TRAINING_FIELDS: tuple[str, ...] = ("train_new_rows_only",)
 # Fields holding local paths (or hub ids, which never start with "~"): "~" is expanded.
 _PATH_FIELDS = ("base", "donor", "output", "tokenizer", "special_map", "cache_dir")
 
@@ -35,7 +37,8 @@ def _key(description: str) -> Any:
 class OmpInitArgs(BaseModel):
     """``omp_init_*`` keys; unset keys take the :class:`TransplantConfig` default.
 
-    A test checks that every ``TransplantConfig`` field has exactly one key here.
+    A test checks that every ``TransplantConfig`` field has exactly one key here; the
+    ``TRAINING_FIELDS`` keys are the plugin's own.
     """
 
     omp_init_donor: str | None = _key(
@@ -94,6 +97,11 @@ class OmpInitArgs(BaseModel):
     )
     omp_init_center: bool | None = _key(
         "Solve OMP on rows minus the dictionary mean (default true); false for the paper's plain combination."
+    )
+    omp_init_train_new_rows_only: bool | None = _key(
+        "Train only the embedding (and lm_head) rows the transplant built: the copied rows' "
+        "gradients are masked, so they stay the base model's. For an embeddings-only first stage; "
+        "use weight_decay: 0 with it. Default false."
     )
 
     @model_validator(mode="after")

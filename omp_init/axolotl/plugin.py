@@ -14,6 +14,8 @@ Hooks (axolotl 0.19.0; see README.md for the source lines they rely on):
   ``load_cfg``, before the tokenizer is loaded. It joins axolotl's process group (for DeepSpeed
   axolotl has started it already), every rank takes a shard of the OMP work, rank 0 writes. It
   returns ``None`` so axolotl goes on to tokenize the data with the new tokenizer.
+- ``post_model_load(cfg, model)``: with ``omp_init_train_new_rows_only``, masks the gradients of
+  the copied rows of the model loaded from the checkpoint (``omp_init/train_rows.py``).
 
 Leaves to others: the ``omp_init_*`` keys (``args.py``) and the transplant itself (the core).
 """
@@ -31,6 +33,7 @@ from axolotl.integrations.base import BasePlugin
 
 import omp_init
 from omp_init import OutputExistsError, TransplantConfig, transplant
+from omp_init.train_rows import freeze_copied_rows
 
 from .args import KEY_PREFIX, PLUGIN_NAME, plugin_listed, same_path, transplant_config_from_cfg
 
@@ -87,6 +90,23 @@ class OmpInitPlugin(BasePlugin):
         _init_axolotl_distributed()
         redirect(cfg, config.output, ensure_checkpoint(config))
         return None  # axolotl loads and tokenizes the datasets itself, now with the new tokenizer
+
+    def post_model_load(self, cfg: Any, model: Any) -> None:
+        # omp_init_train_new_rows_only: mask the copied rows' gradients (omp_init/train_rows.py).
+        # Only for the model loaded from our checkpoint (a KD teacher goes through here too).
+        if not plugin_listed(cfg.get("plugins")) or not cfg.get(KEY_PREFIX + "train_new_rows_only"):
+            return
+        output = transplant_config_from_cfg(cfg).output
+        loaded_from = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", "")
+        if not loaded_from or not same_path(str(loaded_from), output):
+            return
+        if cfg.get("weight_decay"):
+            logger.warning(
+                "omp_init: weight_decay %s still shrinks the copied rows; set weight_decay: 0 "
+                "to keep them the base model's exactly", cfg.get("weight_decay"),
+            )  # fmt: skip
+        freeze_copied_rows(model, output)
+        logger.info("omp_init: training only the rows the transplant built (%s)", output)
 
 
 @dataclasses.dataclass(frozen=True)

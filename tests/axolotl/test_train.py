@@ -105,3 +105,23 @@ def test_two_ranks_share_the_omp_work(tmp_path, byte_bpe_model_dir, sp_model_dir
     two = load_file(Path(cfg["omp_init_output"]) / "model.safetensors")["model.embed_tokens.weight"]
     one = load_file(tmp_path / "one" / "model.safetensors")["model.embed_tokens.weight"]
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
+
+
+def test_train_new_rows_only_keeps_the_copied_rows(tmp_path, byte_bpe_model_dir, sp_model_dir, text_dataset):
+    """omp_init_train_new_rows_only: an embeddings-only stage moves the built rows only."""
+    cfg = tiny_config(
+        tmp_path, byte_bpe_model_dir, sp_model_dir, text_dataset,
+        omp_init_train_new_rows_only=True,
+        unfrozen_parameters=["^model.embed_tokens.weight$"],
+        weight_decay=0.0,
+        save_strategy="steps", save_steps=2,
+    )  # fmt: skip
+    train = run_axolotl("train", write_config(tmp_path / "cfg.yml", cfg), tmp_path)
+    assert train.returncode == 0
+    assert "omp_init: training only the rows the transplant built" in train.stderr + train.stdout
+    rows = json.loads((Path(cfg["omp_init_output"]) / "omp_init_rows.json").read_text())
+    copied = torch.tensor(rows["copied_ids"])
+    before = load_file(Path(cfg["omp_init_output"]) / "model.safetensors")["model.embed_tokens.weight"]
+    after = load_file(Path(cfg["output_dir"]) / "model.safetensors")["model.embed_tokens.weight"]
+    assert torch.equal(after[copied], before[copied])
+    assert not torch.equal(after, before)
