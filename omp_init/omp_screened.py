@@ -20,9 +20,10 @@ few *screen* steps:
    ``V[t] = unit candidates . q_t`` (q_t the new Gram-Schmidt direction) built from one
    gathered Gram row, ``G[atom, C]``;
 3. the fit inside the selection is the Cholesky factor of ``G[I, I]`` in fp64, one row per
-   step; once all k atoms are picked, the coefficients are refit exactly (fp64 Gram of the
-   picked fp32 rows) with the exact path's rule for dependent atoms, so the residual is the
-   least-squares optimum on the chosen support.
+   step; once all k atoms are picked, the coefficients are refit on the picked fp32 rows
+   (``omp_exact.refit_exact``: their Gram in fp32 where every pivot is clean, else in fp64
+   with the exact path's rule for dependent atoms), so the residual is the least-squares
+   optimum on the chosen support.
 
 Early residuals change fast (the first atoms remove the rows' common offset), so screens are
 dense early and regular late. With the default schedule the mean relative residual on the real
