@@ -20,7 +20,9 @@ from typing import Any, Literal, get_args
 
 from .errors import ConfigError
 
-Method = Literal["omp", "zero", "mean", "random", "fvt"]
+Method = Literal["omp+fvt", "omp", "zero", "mean", "random", "fvt"]
+# Methods that run OMP (and can resume its chunks).
+OMP_METHODS: tuple[str, ...] = ("omp+fvt", "omp")
 METHODS: tuple[str, ...] = get_args(Method)
 ScoreDtype = Literal["auto", "bfloat16", "float32"]
 SCORE_DTYPES: tuple[str, ...] = get_args(ScoreDtype)
@@ -58,7 +60,9 @@ class TransplantConfig:
         output: directory the new checkpoint is written to.
         tokenizer: take the new tokenizer from here instead of from ``donor``.
         k: number of shared tokens OMP combines per new token.
-        method: ``omp`` or one of the baselines ``zero``, ``mean``, ``random``, ``fvt``.
+        method: ``omp+fvt`` (default: half the OMP row, half the FVT row, see
+            ``baselines.omp_fvt_recipe``), ``omp`` (OMP alone, the paper's method) or one of
+            the baselines ``zero``, ``mean``, ``random``, ``fvt``.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
         special_map: JSON file mapping new special tokens to base tokens (by content).
         pad_to_multiple_of: pad the new vocabulary's rows up to a multiple of this.
@@ -84,7 +88,7 @@ class TransplantConfig:
     output: str
     tokenizer: str | None = None
     k: int = 64
-    method: Method = "omp"
+    method: Method = "omp+fvt"
     device: str = "auto"
     special_map: str | None = None
     pad_to_multiple_of: int | None = None

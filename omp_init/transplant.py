@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import baselines, checkpoint, diagnostics, document_start, sources, vocab
-from .config import TransplantConfig
+from .config import OMP_METHODS, TransplantConfig
 from .distributed import DistContext, barrier, check_all_ranks, init_distributed, shutdown
 from .errors import AlignmentError, OmpInitError
 from .omp import resolve_score_dtype
@@ -113,7 +113,7 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
         with timer.step("load"):
             inputs = _load_inputs(config, ctx)
         fingerprint = _fingerprint(config, inputs.base.identity, inputs.donor.identity, inputs.tokenizer_identity)
-        store = ChunkStore(_partial_dir(config.output), fingerprint, enabled=config.resume and config.method == "omp")
+        store = ChunkStore(_partial_dir(config.output), fingerprint, enabled=config.resume and config.method in OMP_METHODS)
         if ctx.is_main:
             store.prepare()
         barrier(ctx)
@@ -231,7 +231,7 @@ def _check_alignment(config: TransplantConfig, alignment: vocab.VocabAlignment, 
             f"--base {config.base} and --donor {config.donor} share no token by bytes, so there is nothing "
             "to build new tokens from; check that the two tokenizers cover the same language/script."
         )
-    if config.method == "omp" and alignment.solve_new_ids and config.k > n_dict:
+    if config.method in OMP_METHODS and alignment.solve_new_ids and config.k > n_dict:
         raise AlignmentError(
             f"--k {config.k} is larger than the {n_dict:,} tokens the two vocabularies share; pass --k {min(64, n_dict)} or less."
         )
@@ -261,12 +261,8 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
       the donor's lm_head space (two passes).
     """
     alignment = inputs.alignment
-    if config.method != "omp":
-        pieces = None
-        if config.method == "fvt":
-            pieces = vocab.base_pieces(
-                [inputs.new_bytes.bytes_by_id[i] for i in alignment.solve_new_ids], inputs.base_tokenizer, inputs.base_bytes
-            )
+    if config.method not in OMP_METHODS:
+        pieces = _base_pieces(inputs) if config.method == "fvt" else None
         recipe = baselines.make_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)
         return recipe, recipe, {}
     dict_donor = torch.tensor(alignment.dict_donor_ids, dtype=torch.long)
@@ -306,7 +302,16 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
     barrier(ctx)
     if not ctx.is_main:
         return None, None, {}
+    if config.method == "omp+fvt":
+        fvt = baselines.fvt_recipe(_base_pieces(inputs))
+        recipes = {name: baselines.omp_fvt_recipe(recipe, fvt) for name, recipe in recipes.items()}
     return recipes["embed"], recipes.get("lm_head", recipes["embed"]), residuals
+
+
+def _base_pieces(inputs: _Inputs) -> list[list[int]]:
+    """Per new token to build, the base ids the base tokenizer cuts its bytes into (for FVT)."""
+    new_bytes = [inputs.new_bytes.bytes_by_id[i] for i in inputs.alignment.solve_new_ids]
+    return vocab.base_pieces(new_bytes, inputs.base_tokenizer, inputs.base_bytes)
 
 
 def _label(new_bytes: vocab.VocabBytes, new_id: int) -> str:

@@ -6,8 +6,8 @@ the patch). Nothing here loads files; ``scripts/bench_quality.py`` drives these 
 
 Variants:
 
-- :func:`blend_recipes`: a convex mix of two recipes (e.g. OMP and FVT), still a recipe: the
-  union of both supports with scaled weights, and the mixed mean weight.
+- ``blend_recipes`` (now in ``baselines``: the default ``omp+fvt`` method is built on it): a
+  convex mix of two recipes, still a recipe; re-exported here for the scripts.
 - :func:`prior_targets` + :func:`prior_omp_recipe`: OMP explains only what a prior misses.
   The prior of a new token is its FVT row (mean of the rows of the pieces the base tokenizer
   cuts it into), available in *both* spaces when every piece is a shared token; OMP then runs
@@ -21,38 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .baselines import RowRecipe
+from .baselines import RowRecipe, blend_recipes  # noqa: F401 (re-exported for the scripts)
 from .omp import OmpResult
-
-
-def blend_recipes(
-    first: RowRecipe, second: RowRecipe, first_weight: float, *, method: str
-) -> RowRecipe:
-    """``row = first_weight * first_row + (1 - first_weight) * second_row``, as one recipe.
-
-    Both recipes must leave noise out. The mean is taken over ``first.stat_rows`` (e.g. the
-    OMP dictionary's base rows); ``second`` should use the mean only as a fallback.
-
-    Example: OMP ids ``[[3]]`` weights ``[[1.0]]`` blended 0.5 with FVT ids ``[[5, 7]]``
-    weights ``[[0.5, 0.5]]`` -> ids ``[[3, 5, 7]]``, weights ``[[0.5, 0.25, 0.25]]``.
-    """
-    if first.n_rows != second.n_rows:
-        raise ValueError(f"recipes have {first.n_rows} and {second.n_rows} rows")
-    if bool(first.noise_scale.any()) or bool(second.noise_scale.any()):
-        raise ValueError("blend_recipes does not mix noise")
-    second_weight = 1.0 - first_weight
-    return RowRecipe(
-        method=method,
-        base_ids=torch.cat([first.base_ids.cpu(), second.base_ids.cpu()], dim=1),  # [T, m1 + m2]
-        weights=torch.cat(
-            [first.weights.cpu() * first_weight, second.weights.cpu() * second_weight], dim=1
-        ),
-        mean_weight=first.mean_weight.cpu() * first_weight
-        + second.mean_weight.cpu() * second_weight,
-        noise_scale=torch.zeros(first.n_rows),
-        n_mean_fallback=second.n_mean_fallback,
-        stat_rows=first.stat_rows,
-    )
 
 
 def prior_targets(

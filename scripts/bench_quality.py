@@ -10,8 +10,9 @@ byte and the "fragmented" flag (new tokens/byte over the base's > 1.15).
 
 Methods (``--methods``, comma separated; ``-kN`` sets k, default 64):
 
-- ``omp`` (centered, the CLI default), ``omp-nocenter``, ``zero``, ``mean``, ``random``, ``fvt``:
-  run through the ``omp-init transplant`` CLI;
+- ``omp+fvt`` (the CLI default: half the centered OMP row, half the FVT row), ``omp``
+  (centered OMP alone), ``omp-nocenter``, ``zero``, ``mean``, ``random``, ``fvt``: run through
+  the ``omp-init transplant`` CLI;
 - ``mergekit-omp``: ``mergekit-tokensurgeon BASE DONOR OUT -k N`` (``--mergekit-bin``, default
   ``/work/mk-venv/bin/mergekit-tokensurgeon`` when it exists; its tokenizer files are copied
   from the donor when it writes none); ``mergekit-omp-copied``: that output with every row
@@ -46,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 DEFAULT_MERGEKIT = "/work/mk-venv/bin/mergekit-tokensurgeon"
-CLI_METHODS = {"omp", "omp-nocenter", "zero", "mean", "random", "fvt"}
+CLI_METHODS = {"omp+fvt", "omp", "omp-nocenter", "zero", "mean", "random", "fvt"}
 ROW_RULES = ("omp", "omp0", "fvt", "mean", "zero", "blend", "prior")
 FRAGMENTED_RATIO = 1.15
 TOKENIZER_FILES = (
@@ -77,7 +78,7 @@ def parse_method(spec: str) -> dict:
         raise SystemExit(
             f"--methods {spec}: unknown; choose from {sorted(CLI_METHODS)}, mergekit-omp, v:EMBED/HEAD"
         )
-    method = "omp" if stem.startswith("omp") else stem
+    method = "omp" if stem in ("omp", "omp-nocenter") else stem
     return {"name": spec, "kind": "cli", "method": method, "center": stem != "omp-nocenter", "k": k}
 
 

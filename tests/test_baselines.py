@@ -108,3 +108,22 @@ def test_make_recipe_dispatches_every_method():
 def test_out_of_range_base_id_is_refused():
     with pytest.raises(ValueError, match="base row 5"):
         build_rows(fvt_recipe([[5]]), MATRIX)
+
+
+def test_omp_fvt_recipe_mixes_halves_and_keeps_omp_where_fvt_has_no_pieces():
+    from omp_init.baselines import RowRecipe, build_rows, fvt_recipe, omp_fvt_recipe
+
+    matrix = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    omp = RowRecipe(
+        method="omp",
+        base_ids=torch.tensor([[3, 1], [2, 0]]),
+        weights=torch.tensor([[1.0, 0.5], [2.0, -1.0]]),
+        mean_weight=torch.zeros(2),
+        noise_scale=torch.zeros(2),
+    )
+    fvt = fvt_recipe([[5, 7], []])  # the second token has no base pieces
+    mixed = omp_fvt_recipe(omp, fvt)
+    omp_rows, fvt_rows = build_rows(omp, matrix), build_rows(fvt, matrix)
+    torch.testing.assert_close(build_rows(mixed, matrix)[0], 0.5 * omp_rows[0] + 0.5 * fvt_rows[0])
+    torch.testing.assert_close(build_rows(mixed, matrix)[1], omp_rows[1])
+    assert mixed.method == "omp+fvt" and mixed.n_mean_fallback == 0

@@ -9,7 +9,7 @@ def _cfg(**overrides):
 
 def test_defaults_are_the_documented_ones():
     cfg = _cfg()
-    assert (cfg.k, cfg.method, cfg.device, cfg.document_start) == (64, "omp", "auto", "auto")
+    assert (cfg.k, cfg.method, cfg.device, cfg.document_start) == (64, "omp+fvt", "auto", "auto")
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ def test_recipe_validates_as_axolotl_config(path):
         from omp_init.axolotl import transplant_config_from_cfg
 
         config = transplant_config_from_cfg(cfg)
-        assert config.output == cfg["omp_init_output"] and config.method == "omp"
+        assert config.output == cfg["omp_init_output"] and config.method == "omp+fvt"  # the default
 
 
 @pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=lambda p: p.name)

@@ -76,11 +76,35 @@ def _plant(tmp_path_factory, base_dir, donor_dir, *, centered: bool):
 def test_planted_combinations_carry_over_to_base(tmp_path, tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered):
     donor, plans = _plant(tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered=centered)
     out = tmp_path / "out"
-    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32", center=centered)
+    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32", center=centered, method="omp")
     new_embed = _tensors(out)[EMBED]
     for new_id, expected in plans:
         torch.testing.assert_close(new_embed[new_id], expected, atol=1e-4, rtol=1e-4)
     assert result.report["residuals"]["embed"]["count"] > len(plans)
+
+
+@pytest.mark.parametrize("base_fixture", ["byte_bpe_model_dir", "byte_bpe_untied_model_dir"])
+def test_default_method_is_half_omp_half_fvt(request, tmp_path, base_fixture, sp_model_dir):
+    # omp+fvt: each built row is the mean of the OMP row and the FVT row (mean of the base rows
+    # of the token's base pieces); a token without base pieces keeps the OMP row alone.
+    from omp_init import transplant as transplant_module
+    from omp_init.config import TransplantConfig
+
+    base_dir = request.getfixturevalue(base_fixture)
+    rows = {}
+    for method in ("omp+fvt", "omp", "fvt"):
+        _run(base_dir, sp_model_dir, tmp_path / method, method=method, score_dtype="float32")
+        rows[method] = _tensors(tmp_path / method)
+    config = TransplantConfig(base=str(base_dir), donor=str(sp_model_dir), output=str(tmp_path / "x"))
+    inputs = transplant_module._load_inputs_here(config)
+    built = torch.tensor(inputs.alignment.solve_new_ids)
+    has_pieces = torch.tensor([bool(p) for p in transplant_module._base_pieces(inputs)])
+    assert has_pieces.any() and len(built) > 10
+    for name in [EMBED] + ([HEAD] if HEAD in rows["omp"] else []):
+        omp, fvt, blend = (rows[m][name][built] for m in ("omp", "fvt", "omp+fvt"))
+        expected = torch.where(has_pieces[:, None], 0.5 * omp + 0.5 * fvt, omp)
+        torch.testing.assert_close(blend, expected, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(blend[has_pieces], omp[has_pieces])  # really a mix
 
 
 def test_shared_rows_bit_exact_and_tied_stays_tied(tmp_path, byte_bpe_model_dir, sp_model_dir):

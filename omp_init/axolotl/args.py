@@ -55,7 +55,7 @@ class OmpInitArgs(BaseModel):
     )
     omp_init_k: int | None = _key("Shared tokens OMP combines per new token (default 64).")
     omp_init_method: str | None = _key(
-        "omp (default), or a baseline for comparison: zero, mean, random, fvt."
+        "omp+fvt (default: half OMP, half FVT), omp (OMP alone), or a baseline for comparison: zero, mean, random, fvt."
     )
     omp_init_special_map: str | None = _key(
         'JSON file mapping new special tokens to base tokens or roles, e.g. {"<|im_end|>": "eos"}.'
