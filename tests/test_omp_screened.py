@@ -97,6 +97,16 @@ def test_rows_do_not_depend_on_their_batch(few_candidates):
     torch.testing.assert_close(whole.coefficients, split.coefficients, atol=1e-6, rtol=1e-5)
 
 
+def _record_row_counts(monkeypatch, function_name: str) -> list[int]:
+    """Wrap ``omp.<function_name>(prepared, rows, k)`` so each call appends ``len(rows)``."""
+    from omp_init import omp
+
+    counts: list[int] = []
+    solve = getattr(omp, function_name)
+    monkeypatch.setattr(omp, function_name, lambda p, rows, k: counts.append(len(rows)) or solve(p, rows, k))
+    return counts
+
+
 def test_cpu_threads_split_rows_with_the_same_result(few_candidates, monkeypatch):
     # With 2 torch threads the batch is split into 2 blocks solved on 2 Python threads; the
     # result must equal the single-block solve of the same rows.
@@ -104,11 +114,7 @@ def test_cpu_threads_split_rows_with_the_same_result(few_candidates, monkeypatch
 
     dictionary, targets = embedding_like_problem(n_targets=2 * omp._MIN_ROWS_PER_THREAD + 3)
     prepared = prepare_dictionary(dictionary, score_dtype=BF16, algorithm="screened")
-    blocks = []
-    solve_block = omp._solve_batch_screened
-    monkeypatch.setattr(
-        omp, "_solve_batch_screened", lambda p, rows, k: blocks.append(len(rows)) or solve_block(p, rows, k)
-    )
+    blocks = _record_row_counts(monkeypatch, "_solve_batch_screened")
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -131,11 +137,7 @@ def test_cpu_batches_keep_each_threads_scores_small(few_candidates, monkeypatch)
     dictionary, targets = embedding_like_problem(n_targets=250)
     prepared = prepare_dictionary(dictionary, score_dtype=BF16, algorithm="screened")
     monkeypatch.setattr(omp, "_CPU_THREAD_SCORE_BYTES", 100 * len(dictionary) * 2)
-    batches = []
-    solve_rows = omp._solve_rows_in_threads
-    monkeypatch.setattr(
-        omp, "_solve_rows_in_threads", lambda p, rows, k: batches.append(len(rows)) or solve_rows(p, rows, k)
-    )
+    batches = _record_row_counts(monkeypatch, "_solve_rows_in_threads")
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
