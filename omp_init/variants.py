@@ -6,8 +6,8 @@ the patch). Nothing here loads files; ``scripts/bench_quality.py`` drives these 
 
 Variants:
 
-- ``blend_recipes`` (now in ``baselines``: the default ``omp+fvt`` method is built on it): a
-  convex mix of two recipes, still a recipe; re-exported here for the scripts.
+- (``blend_recipes``, measured here first, is now ``baselines.blend_recipes``: the default
+  ``omp+fvt`` method is built on it.)
 - :func:`prior_targets` + :func:`prior_omp_recipe`: OMP explains only what a prior misses.
   The prior of a new token is its FVT row (mean of the rows of the pieces the base tokenizer
   cuts it into), available in *both* spaces when every piece is a shared token; OMP then runs
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .baselines import RowRecipe, blend_recipes  # noqa: F401 (re-exported for the scripts)
+from .baselines import RowRecipe
 from .omp import OmpResult
 
 

@@ -253,7 +253,7 @@ class VariantBuilder:
             return baselines.omp_recipe(result, dict_base, centered=rule == "omp")
         if rule == "blend":
             omp = self.recipe("omp", matrix_name, k)
-            return variants.blend_recipes(
+            return baselines.blend_recipes(
                 omp, baselines.fvt_recipe(self.pieces), self.blend, method="omp+fvt"
             )
         if rule == "prior":

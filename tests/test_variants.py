@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from omp_init.baselines import RowRecipe, build_rows, fvt_recipe
-from omp_init.variants import blend_recipes
+from omp_init.baselines import RowRecipe, blend_recipes, build_rows, fvt_recipe
 
 
 def _omp_like(base_ids, weights):
