@@ -125,7 +125,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_models, write_report
+    from .eval_report import write_report
+    from .evaluate import evaluate_models
 
     result = evaluate_models(
         args.model,

@@ -1,4 +1,4 @@
-"""Bits-per-byte and tokens-per-byte of causal LMs over text files; JSON, markdown and PNG reports.
+"""Bits-per-byte and tokens-per-byte of causal LMs over text files.
 
 Bits per byte (the token NLL of a text in bits, summed, over the text's UTF-8 bytes) compares
 models that use different tokenizers: every model scores the same bytes (the whole file, or its
@@ -10,14 +10,13 @@ token sequence is cut into windows; each window starts with the model's document
 predicted the way the model predicts the start of a document. Every text token is scored exactly
 once; with ``stride`` set, windows overlap and the overlap serves only as context.
 
-This module owns evaluation only: it loads local Hugging Face directories (conversion of
-``.gguf`` or hub models is ``sources.py``'s job) and never writes a checkpoint.
+This module owns scoring only: it loads local Hugging Face directories (conversion of
+``.gguf`` or hub models is ``sources.py``'s job), never writes a checkpoint, and never writes a
+report (``eval_report.py`` turns its result into ``eval.json``, ``eval.md`` and ``eval.png``).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import platform
@@ -38,7 +37,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float32": torch.float32,
 }
-REPORT_FILES = ("eval.json", "eval.md", "eval.png")
 ALL_TEXTS = "all texts"  # row of the byte-weighted totals over every text
 
 
@@ -492,98 +490,3 @@ def compare_to_baseline(result: dict[str, Any], baseline: str | Path) -> dict[st
             for text, stats in entry["texts"].items()
         }
     return result
-
-
-def write_report(
-    result: dict[str, Any], out_dir: str | Path, *, baseline: str | Path | None = None
-) -> list[Path]:
-    """Write ``eval.json``, ``eval.md`` and ``eval.png`` (when matplotlib is installed).
-
-    Args:
-        result: what :func:`evaluate_models` returned (not modified).
-        out_dir: created if missing; existing report files in it are replaced.
-        baseline: compare with this model (label or path); defaults to the result's baseline.
-
-    Returns:
-        The paths written.
-    """
-    result = copy.deepcopy(result)
-    if baseline is not None or result.get("baseline"):
-        compare_to_baseline(result, baseline if baseline is not None else result["baseline"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path, png_path = (out_dir / name for name in REPORT_FILES)
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown_path.write_text(format_markdown(result), encoding="utf-8")
-    written = [json_path, markdown_path]
-    if _write_png(result, png_path):
-        written.append(png_path)
-    logger.info("wrote %s", ", ".join(str(p) for p in written))
-    return written
-
-
-def format_markdown(result: dict[str, Any]) -> str:
-    """Two tables (bits per byte with the change vs the baseline, tokens per byte): rows = texts."""
-    models, baseline = result["models"], result.get("baseline")
-    settings = result["settings"]
-    lines = [
-        "# Bits per byte",
-        "",
-        f"Lower is better. Window {settings['max_window_tokens']} tokens, stride {settings['stride'] or 'none'}, "
-        f"dtype {settings['dtype']}, max bytes {settings['max_bytes'] or 'all'}"
-        + (f"; Δ% vs baseline `{baseline}`." if baseline else "."),
-        "",
-    ]
-
-    def bpb_cell(name: str, text: str) -> str:
-        cell = f"{models[name]['texts'][text]['bits_per_byte']:.4f}"
-        if baseline and name != baseline:
-            cell += f" ({models[name]['bpb_change_pct'][text]:+.2f}%)"
-        return cell
-
-    lines += _markdown_table(models, bpb_cell)
-    lines += ["", "## Tokens per byte", ""]
-    lines += _markdown_table(
-        models, lambda name, text: f"{models[name]['texts'][text]['tokens_per_byte']:.4f}"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_table(models: dict[str, Any], cell) -> list[str]:
-    names = list(models)
-    # Every model has the same texts, ALL_TEXTS last.
-    texts = list(next(iter(models.values()))["texts"])
-    lines = [
-        "| text | " + " | ".join(f"`{name}`" for name in names) + " |",
-        "|---|" + "---:|" * len(names),
-    ]
-    for text in texts:
-        label = f"**{text}**" if text == ALL_TEXTS else text
-        lines.append(f"| {label} | " + " | ".join(cell(name, text) for name in names) + " |")
-    return lines
-
-
-def _write_png(result: dict[str, Any], path: Path) -> bool:
-    """Grouped bar chart of bits per byte: one group per text, one bar per model."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning(
-            "matplotlib is not installed; skipping %s (pip install matplotlib)", path.name
-        )
-        return False
-    models = result["models"]
-    texts = list(next(iter(models.values()))["texts"])
-    width = 0.8 / len(models)
-    figure = Figure(figsize=(max(6.0, 1.2 * len(texts) + 2), 4.5), layout="constrained")
-    FigureCanvasAgg(figure)  # the Agg canvas: no display, no global pyplot state
-    axes = figure.add_subplot()
-    for index, (name, entry) in enumerate(models.items()):
-        offsets = [x + (index - (len(models) - 1) / 2) * width for x in range(len(texts))]
-        axes.bar(offsets, [entry["texts"][t]["bits_per_byte"] for t in texts], width, label=name)
-    axes.set_xticks(range(len(texts)), texts, rotation=30, ha="right")
-    axes.set_ylabel("bits per byte (lower is better)")
-    axes.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return True

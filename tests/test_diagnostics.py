@@ -12,13 +12,13 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from omp_init.cli import main
-from omp_init.diagnostics import (
+from omp_init.diagnostics import inspect_transplant
+from omp_init.digits import (
     PROBES,
     classify_digit_runs,
     detect_digit_scheme,
     digit_runs,
     digit_split_report,
-    inspect_transplant,
     render_digit_runs,
 )
 from omp_init.vocab import align_vocabularies, token_bytes
@@ -115,7 +115,7 @@ def test_counts_and_warning_when_new_merges_pairs(caplog, single_digits, digit_p
     """Base: one digit per token ("42" in its vocabulary, unreachable). New: every pair "00".."99"
     is one token. All 100 pairs are produced and split by the base; 99 are new to it ("42" is not).
     """
-    with caplog.at_level(logging.WARNING, logger="omp_init.diagnostics"):
+    with caplog.at_level(logging.WARNING, logger="omp_init.digits"):
         report = digit_split_report(single_digits, digit_pairs)
     assert report["base"]["scheme"] == "single_digits"
     assert (report["new"]["scheme"], report["new"]["max_digits_per_token"]) == ("fixed_groups", 2)
@@ -160,7 +160,7 @@ def test_no_warning_when_schemes_agree(request, caplog, single_digits, same):
         base, new = single_digits, _digit_tokenizer(1)
     else:
         base = new = request.getfixturevalue(same)
-    with caplog.at_level(logging.WARNING, logger="omp_init.diagnostics"):
+    with caplog.at_level(logging.WARNING, logger="omp_init.digits"):
         report = digit_split_report(base, new)
     assert not report["schemes_differ"] and report["warning"] is None
     assert report["affected_tokens"] == 0
@@ -272,7 +272,7 @@ def test_transplant_report_has_digit_diagnostics(
     from omp_init.transplant import transplant
 
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="omp_init.diagnostics"):
+    with caplog.at_level(logging.WARNING, logger="omp_init.digits"):
         result = transplant(
             base=str(byte_bpe_model_dir),
             donor=str(sp_model_dir),

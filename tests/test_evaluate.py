@@ -1,4 +1,5 @@
-"""Tests of omp_init.evaluate: the metric against hand computations, windowing, reports, errors."""
+"""Tests of omp_init.evaluate (the metric against hand computations, windowing, errors) and of
+omp_init.eval_report (the report files)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from omp_init.errors import ConfigError, SourceError
-from omp_init.evaluate import (
-    ALL_TEXTS,
-    REPORT_FILES,
-    _plan_windows,
-    _truncate_utf8,
-    evaluate_models,
-    write_report,
-)
+from omp_init.eval_report import REPORT_FILES, write_report
+from omp_init.evaluate import ALL_TEXTS, _plan_windows, _truncate_utf8, evaluate_models
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog while a model learns new tokens.\n"
@@ -266,7 +261,7 @@ def test_write_report_writes_three_files(
 def test_write_report_without_matplotlib(two_model_result, tmp_path, monkeypatch, caplog):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
-    with caplog.at_level("WARNING", logger="omp_init.evaluate"):
+    with caplog.at_level("WARNING", logger="omp_init.eval_report"):
         written = write_report(two_model_result, tmp_path)
     assert [p.name for p in written] == ["eval.json", "eval.md"]
     assert not (tmp_path / "eval.png").exists()
