@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import baselines, checkpoint, diagnostics, document_start, sources, vocab
+from . import baselines, checkpoint, digits, document_start, sources, vocab
 from .config import OMP_METHODS, TransplantConfig
 from .distributed import DistContext, barrier, check_all_ranks, init_distributed, shutdown
 from .errors import AlignmentError, OmpInitError
@@ -381,10 +381,10 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         world_size=ctx.world_size,
         device=str(ctx.device),
     )
-    # diagnostics.py: the digit-split check (paper: GSM8K collapses when base and new tokenizer
+    # digits.py: the digit-split check (paper: GSM8K collapses when base and new tokenizer
     # cut numbers differently); logs a warning when they do.
     report["diagnostics"] = {
-        "digits": diagnostics.digit_split_report(
+        "digits": digits.digit_split_report(
             inputs.base_tokenizer, tok, base_bytes=inputs.base_bytes, new_bytes=inputs.new_bytes
         )
     }
