@@ -341,7 +341,8 @@ def _top_groups(
     group's best magnitude and which atom holds it. Magnitudes compare to within those 3 low
     bits (2^-4 relative in bf16): fine for choosing candidates; the pick at a screen is
     re-scored exactly (:func:`_rescore`). With fewer atoms than ``4 * g * M`` every atom is
-    its own group (a plain top-M). Taken atoms get key -1.
+    its own group (a plain top-M). Taken atoms get key -1, and so does a group (not a plain
+    top-M) whose atoms all score exactly 0.
     Example, groups of 2 over 16 atoms (S=8), M=2, scores ``[5, -1, 2, -3, -9, 0, 0, ...]``:
     groups' best atoms ``0, 1, 2, 3, 4, ...`` -> candidates ``{0, 4}``.
 
@@ -351,26 +352,39 @@ def _top_groups(
     n_atoms = scores.shape[1]
     group = _GROUP_SIZE if n_atoms >= 4 * _GROUP_SIZE * n_candidates else 1
     low_bits = group - 1
-    int_max = torch.iinfo(keys.dtype).max
-    torch.bitwise_and(scores.view(keys.dtype), int_max & ~low_bits, out=keys)
-    span = -(-n_atoms // group)  # S, the number of groups
-    if group > 1:
-        keys.bitwise_or_((torch.arange(n_atoms, device=keys.device) // span).to(keys.dtype))
-    if taken.shape[1]:
-        keys.scatter_(1, taken, -1)
+    magnitude_mask = torch.iinfo(keys.dtype).max & ~low_bits
+    bits = scores.view(keys.dtype)
     if group == 1:
+        torch.bitwise_and(bits, magnitude_mask, out=keys)
+        if taken.shape[1]:
+            keys.scatter_(1, taken, -1)
         best = keys.topk(n_candidates, dim=1, sorted=best_first)
         return best.indices, best.values
-    group_keys = keys[:, :span].clone()  # [B, S]
-    for start in range(span, n_atoms, span):
+    # One pass over the [B, N] scores, a slice at a time: each slice's keys are built in a
+    # cache-sized buffer and folded into the running maximum at once (building all N keys
+    # first, then reducing, moved five times the bytes). Keys are stored less one group
+    # quantum (|score| bits - g + slice), so an atom scored exactly 0 has a negative key and
+    # a group with no nonzero score offers no candidate; taken atoms are zeroed in the scores
+    # for the pass and put back after. The g is added back to the M keys returned.
+    if taken.shape[1]:  # through the integer view: a bf16 scatter_ converts the whole tensor
+        taken_bits = bits.gather(1, taken)
+        bits.scatter_(1, taken, 0)
+    span = -(-n_atoms // group)  # S, the number of groups
+    group_keys = torch.bitwise_and(bits[:, :span], magnitude_mask).sub_(group)  # [B, S], slice 0
+    slice_keys = keys.view(-1)[: keys.shape[0] * span].view(keys.shape[0], span)  # scratch
+    for place, start in enumerate(range(span, n_atoms, span), start=1):
         width = min(span, n_atoms - start)
-        part = group_keys[:, :width]
-        torch.maximum(part, keys[:, start : start + width], out=part)
+        part = slice_keys[:, :width]
+        torch.bitwise_and(bits[:, start : start + width], magnitude_mask, out=part)
+        part.add_(place - group)
+        torch.maximum(group_keys[:, :width], part, out=group_keys[:, :width])
+    if taken.shape[1]:
+        bits.scatter_(1, taken, taken_bits)
     best = group_keys.topk(n_candidates, dim=1, sorted=best_first)
     place = best.values.bitwise_and(low_bits).long()
-    # A taken group's key (-1) names no atom; clamp keeps its index valid, is_taken masks it.
+    # A group without a candidate names no atom; clamp keeps its index valid, is_taken masks it.
     candidates = (best.indices + place * span).clamp_(max=n_atoms - 1)
-    return candidates, best.values
+    return candidates, torch.where(best.values >= 0, best.values + group, -1)
 
 
 def _rescore(

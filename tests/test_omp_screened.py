@@ -241,8 +241,16 @@ def test_top_groups_hand_example(monkeypatch):
     none = torch.zeros(1, 0, dtype=torch.long)
     candidates, _ = omp_screened._top_groups(scores, keys, none, 2)
     assert sorted(candidates[0].tolist()) == [0, 4]
+    before = scores.clone()
     candidates, _ = omp_screened._top_groups(scores, keys, torch.tensor([[4]]), 2)
     assert sorted(candidates[0].tolist()) == [0, 3]
+    assert torch.equal(scores, before)  # taken atoms are masked for the pass only
+    # only group 3 has a nonzero score: the second candidate is marked as none (key -1)
+    lone = torch.zeros(1, 16)
+    lone[0, 11] = -2.0  # group 3, second slice
+    candidates, group_keys = omp_screened._top_groups(lone, keys, none, 2, best_first=True)
+    assert candidates[0, 0].item() == 11 and group_keys[0, 1].item() == -1
+    assert omp_screened._key_magnitude(group_keys, lone.dtype)[0].tolist() == pytest.approx([2.0, -1.0])
 
 
 def test_refit_drops_dependent_atoms_like_the_exact_path():
