@@ -338,8 +338,8 @@ def _top_groups(
     dimension of 8 on CPU). ``keys`` ([B, N], the integer dtype of the scores' width)
     receives |score| as an integer (the float's bits without the sign, which order like the
     value) with its lowest bits replaced by the atom's slice, so the maximum gives both the
-    group's best magnitude and which atom holds it. Magnitudes compare to within those 3 low
-    bits (2^-4 relative in bf16): fine for choosing candidates; the pick at a screen is
+    group's best magnitude and which atom holds it. Magnitudes compare to within those
+    log2(g) low bits (4 bits, 2^-3 relative in bf16, for g = 16): fine for choosing candidates; the pick at a screen is
     re-scored exactly (:func:`_rescore`). With fewer atoms than ``4 * g * M`` every atom is
     its own group (a plain top-M). Taken atoms get key -1, and so does a group (not a plain
     top-M) whose atoms all score exactly 0.
