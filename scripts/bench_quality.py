@@ -23,7 +23,7 @@ Methods (``--methods``, comma separated; ``-kN`` sets k, default 64):
   ``blend`` (0.5 omp + 0.5 fvt, see ``--blend``), ``prior`` (OMP on what the FVT row misses).
 
     python scripts/bench_quality.py --pair /work/cache/hf/qwen05 /work/cache/hf/smollm2 \\
-        --methods omp,omp-nocenter,mean,zero,fvt,mergekit-omp --work-dir /tmp/qbench \\
+        --methods omp+fvt,omp,mean,zero,fvt,mergekit-omp --work-dir /tmp/qbench \\
         --json docs/quality_qwen05_smollm2.json --markdown docs/quality_qwen05_smollm2.md
 """
 
@@ -458,7 +458,7 @@ def main() -> None:
     parser.add_argument(
         "--pair", nargs=2, action="append", metavar=("BASE", "DONOR"), required=True
     )
-    parser.add_argument("--methods", default="omp,omp-nocenter,mean,zero,fvt,mergekit-omp")
+    parser.add_argument("--methods", default="omp+fvt,omp,mean,zero,fvt,mergekit-omp", help="comma-separated; see the module docstring (default: the default method, OMP alone, the baselines, mergekit)")
     parser.add_argument(
         "--text", action="append", help="text file (repeat); default: every *.txt of --text-dir"
     )

@@ -157,9 +157,11 @@ def write_config(method: str, init_dir: Path, base: str, donor: str, train: Path
 
 def train(config: Path, log: Path) -> float:
     started = time.perf_counter()
+    # axolotl sends telemetry unless told not to; offline, each attempt only logs a DNS error.
+    env = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", **os.environ}
     with log.open("w") as handle:
         proc = subprocess.run(
-            [sys.executable, "-c", AXOLOTL_MAIN, str(config)], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT
+            [sys.executable, "-c", AXOLOTL_MAIN, str(config)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT
         )
     if proc.returncode:
         raise SystemExit(f"axolotl train failed (exit {proc.returncode}); see {log}")
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--donor", help="donor model (default: Qwen2.5-Coder-0.5B-Instruct from the registry)")
     parser.add_argument("--texts", type=Path, default=SHARED_TEXTS if SHARED_TEXTS.is_dir() else PACKAGED_TEXTS)
     parser.add_argument("--held-out", type=float, default=0.3, help="fraction of each text scored, never trained on")
-    parser.add_argument("--methods", default="omp,mean")
+    parser.add_argument("--methods", default="omp+fvt,mean", help="comma-separated: transplant methods (omp+fvt, omp, mean, ...) or omp-newrows")
     parser.add_argument("--omp-checkpoint", help="reuse this omp-init output for the omp run")
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200)
