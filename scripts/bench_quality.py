@@ -46,7 +46,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-DEFAULT_MERGEKIT = "/work/mk-venv/bin/mergekit-tokensurgeon"
+# mergekit-tokensurgeon on PATH, else the separate venv these docs' numbers were made with.
+DEFAULT_MERGEKIT = shutil.which("mergekit-tokensurgeon") or "/work/mk-venv/bin/mergekit-tokensurgeon"
+# The dev texts beside the checkout when present, else the two texts the package ships.
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TEXTS = REPO.parent / "shared" / "eval_text"
+PACKAGED_TEXTS = REPO / "omp_init" / "data"
 CLI_METHODS = {"omp+fvt", "omp", "omp-nocenter", "zero", "mean", "random", "fvt"}
 ROW_RULES = ("omp", "omp0", "fvt", "mean", "zero", "blend", "prior")
 FRAGMENTED_RATIO = 1.15
@@ -462,7 +467,11 @@ def main() -> None:
     parser.add_argument(
         "--text", action="append", help="text file (repeat); default: every *.txt of --text-dir"
     )
-    parser.add_argument("--text-dir", default="/work/shared/eval_text")
+    parser.add_argument(
+        "--text-dir",
+        default=str(SHARED_TEXTS if SHARED_TEXTS.is_dir() else PACKAGED_TEXTS),
+        help="default: ../shared/eval_text beside the checkout, else omp_init/data",
+    )
     parser.add_argument("--work-dir", required=True)
     parser.add_argument(
         "--max-bytes",
@@ -491,9 +500,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     specs = [parse_method(s) for s in args.methods.split(",") if s]
-    if not args.mergekit_bin:
+    if not args.mergekit_bin and any(s["kind"] == "mergekit" for s in specs):
+        print("mergekit-tokensurgeon not found (pass --mergekit-bin): skipping the mergekit methods", file=sys.stderr)
         specs = [s for s in specs if s["kind"] != "mergekit"]
     texts = args.text or sorted(str(p) for p in Path(args.text_dir).glob("*.txt"))
+    if not texts:
+        raise SystemExit(f"no *.txt files in --text-dir {args.text_dir}; pass --text-dir or --text FILE")
     summary = {
         "command": [sys.executable, *sys.argv],
         "machine": machine_info(),
