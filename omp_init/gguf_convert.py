@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import transformers
-from tokenizers import Regex, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .errors import MissingDependencyError, SourceError
@@ -29,7 +29,7 @@ from .errors import MissingDependencyError, SourceError
 logger = logging.getLogger(__name__)
 
 # Bump when the conversion output changes (e.g. a new tokenizer fix), so old caches are redone.
-GGUF_CONVERTER_VERSION = 1
+GGUF_CONVERTER_VERSION = 2  # 2: SentencePiece vocabularies get their BPE merges and BOS
 _MIB = 1 << 20
 
 # Known gaps of transformers' GGUF tokenizer conversion, keyed by `tokenizer.ggml.pre`.
@@ -47,6 +47,8 @@ _LLAMA3_SPLIT = (
 )
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPLIT_REGEX_BY_PRE = dict.fromkeys(_IGNORE_MERGES_PRES, _LLAMA3_SPLIT) | {"qwen2": _QWEN2_SPLIT}
+# `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _GGUF_SPECIAL_IDS = {
     "bos_token": "bos_token_id",
     "eos_token": "eos_token_id",
@@ -107,8 +109,11 @@ def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
 
     Returns:
         ``{"architecture": "llama", "model": "gpt2", "pre": "smollm", "special_tokens":
-        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", ...}}``; ``pre`` and ``model``
-        may be None, ``special_tokens`` has only the roles the file names.
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", ...}, "add_bos_token": False,
+        "add_eos_token": None, "add_space_prefix": None}``; ``pre``, ``model`` and the
+        ``add_*`` flags may be None (not in the file), ``special_tokens`` has only the roles the
+        file names. SentencePiece files (``model`` ``"llama"``) also get ``"spm"``: their
+        ``tokens``, ``scores`` and token ``types``.
     """
     gguf = _require_gguf()
     try:
@@ -126,12 +131,28 @@ def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
         if f"tokenizer.ggml.{key}" in fields and "tokenizer.ggml.tokens" in fields:
             token_id = int(fields[f"tokenizer.ggml.{key}"].contents())
             special_tokens[role] = str(fields["tokenizer.ggml.tokens"].contents(token_id))
-    return {
+    def flag_value(key: str) -> bool | None:
+        return bool(fields[key].contents()) if key in fields else None
+
+    header = {
         "architecture": text("general.architecture"),
         "model": text("tokenizer.ggml.model"),
         "pre": text("tokenizer.ggml.pre"),
         "special_tokens": special_tokens,
+        "add_bos_token": flag_value("tokenizer.ggml.add_bos_token"),
+        "add_eos_token": flag_value("tokenizer.ggml.add_eos_token"),
+        "add_space_prefix": flag_value("tokenizer.ggml.add_space_prefix"),
     }
+    if header["model"] == "llama" and "tokenizer.ggml.scores" in fields:
+        # SentencePiece vocabularies carry scores, not merges; the merges are rebuilt from them.
+        header["spm"] = {
+            "tokens": [str(t) for t in fields["tokenizer.ggml.tokens"].contents()],
+            "scores": [float(x) for x in fields["tokenizer.ggml.scores"].contents()],
+            "types": [int(x) for x in fields["tokenizer.ggml.token_type"].contents()]
+            if "tokenizer.ggml.token_type" in fields
+            else None,
+        }
+    return header
 
 
 # --- the cached conversion -------------------------------------------------------------------
@@ -260,7 +281,12 @@ def fix_gguf_tokenizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any
     is applied only where the tokenizer lacks it, so the result is the same whichever
     transformers version did the conversion (5.16 and 5.23 lose different things):
 
+    - ``spm_merges``, ``spm_added_tokens``, ``space_prefix`` (SentencePiece files, e.g. Gemma 3):
+      a BPE with merges rebuilt from the scores and byte fallback, control and user-defined
+      pieces as added tokens, ``▁`` in front where ``add_space_prefix`` says so;
     - ``special_tokens``: bos/eos/pad/unk as the file's ids say (5.16 sets eos to the bos token);
+    - ``document_tokens``: ``<bos>`` (``<eos>``) around every text where ``add_bos_token``
+      (``add_eos_token``) says so;
     - ``no_space_cleanup``: byte-level vocabularies decode exactly, without "a ," -> "a,";
     - ``split_regex``: the pre-tokenizer regex of ``llama-bpe`` (Llama 3) and ``qwen2`` vocabularies;
     - ``nfc_normalizer`` (``qwen2``, ``qwen35``): ``"cafe\u0301"`` then encodes like ``"café"``;
@@ -358,9 +384,142 @@ def _fix_individual_digits(tokenizer: PreTrainedTokenizerFast, header: dict[str,
     return True
 
 
+def spm_merges(tokens: list[str], scores: list[float], types: list[int] | None) -> list[tuple[str, str]]:
+    """BPE merges that reproduce SentencePiece's BPE from its scores, best merge first.
+
+    SentencePiece merges, at each step, the adjacent pair whose concatenation is the
+    highest-scoring piece of the vocabulary; a GGUF keeps those scores but no merge list.
+    Every way to cut a normal or user-defined piece into two such pieces is a merge, ranked by
+    the whole piece's score (then by id, then by cut), so the ``tokenizers`` BPE picks the pair
+    SentencePiece would. Control, byte and unused pieces are never merged into.
+
+    Example: tokens ``["a", "b", "ab", "c", "abc"]``, scores ``[0, 0, -1, 0, -2]`` ->
+    ``[("a", "b"), ("ab", "c")]`` (and ``("a", "bc")`` too, were ``"bc"`` a piece).
+    """
+    mergeable = {}
+    for token_id, (token, score) in enumerate(zip(tokens, scores, strict=True)):
+        kind = types[token_id] if types is not None else _NORMAL
+        if kind in (_NORMAL, _USER_DEFINED) and token not in mergeable:
+            mergeable[token] = (score, token_id)
+    ranked = []
+    for token, (score, token_id) in mergeable.items():
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in mergeable and right in mergeable:
+                ranked.append((-score, token_id, cut, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _fix_spm_merges(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """SentencePiece GGUFs: a BPE with merges from the scores and byte fallback.
+
+    transformers 5.16 builds Gemma 3's vocabulary as a Unigram model that cuts ``"world"`` into
+    ``"w"``, ``"or"``, ``"ld"`` and saves it as a BPE without merges (one token per character).
+    """
+    spm = header.get("spm")
+    if not spm:
+        return False
+    backend = tokenizer.backend_tokenizer
+    current = json.loads(backend.to_str())["model"]
+    if current.get("type") == "BPE" and current.get("merges") and current.get("byte_fallback"):
+        return False
+    vocab: dict[str, int] = {}
+    for token_id, token in enumerate(spm["tokens"]):
+        vocab.setdefault(token, token_id)
+    unk = header.get("special_tokens", {}).get("unk_token")
+    backend.model = models.BPE(
+        vocab=vocab,
+        merges=spm_merges(spm["tokens"], spm["scores"], spm["types"]),
+        unk_token=unk if unk in vocab else None,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    return True
+
+
+def _fix_spm_added_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """SentencePiece GGUFs: control pieces become special tokens, user-defined pieces whole words.
+
+    SentencePiece never cuts a user-defined piece (Gemma's ``"\\n\\n"``, ``"<table>"``) and
+    never produces a control piece (``<start_of_turn>``) from text; as added tokens they match
+    the raw text first, as in the original ``tokenizer.json``.
+    """
+    spm = header.get("spm")
+    if not spm or spm["types"] is None:
+        return False
+    backend = tokenizer.backend_tokenizer
+    present = {entry["content"] for entry in json.loads(backend.to_str()).get("added_tokens") or ()}
+    control, user_defined = [], []
+    for token, kind in zip(spm["tokens"], spm["types"], strict=True):
+        if token in present:
+            continue
+        if kind == _CONTROL:
+            control.append(AddedToken(token, special=True, normalized=False))
+        elif kind == _USER_DEFINED:
+            user_defined.append(AddedToken(token, special=False, normalized=False))
+    if control:
+        backend.add_special_tokens(control)
+    if user_defined:
+        backend.add_tokens(user_defined)
+    return bool(control or user_defined)
+
+
+def _fix_space_prefix(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """SentencePiece GGUFs with ``add_space_prefix``: ``"Hi"`` is encoded as ``"▁Hi"`` (Llama 2)."""
+    if not header.get("spm") or not header.get("add_space_prefix"):
+        return False
+    backend = tokenizer.backend_tokenizer
+    if '"Prepend"' in _component_json(backend.normalizer) or '"prepend_scheme": "always"' in (
+        _component_json(backend.pre_tokenizer)
+    ):
+        return False
+    prepend = normalizers.Prepend("▁")
+    current = backend.normalizer
+    backend.normalizer = prepend if current is None else normalizers.Sequence([prepend, current])
+    return True
+
+
+def _fix_document_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Add BOS/EOS around every text where the file says so (``add_bos_token``: Gemma's ``<bos>``).
+
+    The document-start policy reads this: without it a Gemma base looked like one that adds
+    nothing, and its transplants lost the ``<bos>`` the model needs.
+    """
+    wanted = {
+        role: header.get("special_tokens", {}).get(role)
+        for role, flag in (("bos_token", "add_bos_token"), ("eos_token", "add_eos_token"))
+        if header.get(flag)
+    }
+    wanted = {role: token for role, token in wanted.items() if token is not None}
+    backend = tokenizer.backend_tokenizer
+    ids = {role: backend.token_to_id(token) for role, token in wanted.items()}
+    if not wanted or None in ids.values():
+        return False
+    encoded = backend.encode("a", add_special_tokens=True).ids
+    has_bos = "bos_token" not in ids or encoded[:1] == [ids["bos_token"]]
+    has_eos = "eos_token" not in ids or encoded[-1:] == [ids["eos_token"]]
+    if has_bos and has_eos:
+        return False
+    bos = f"{wanted['bos_token']}:0 " if "bos_token" in wanted else ""
+    eos = f" {wanted['eos_token']}:0" if "eos_token" in wanted else ""
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos}$A:0{eos}",
+        pair=f"{bos}$A:0{eos} {bos.replace(':0', ':1')}$B:1{eos.replace(':0', ':1')}",
+        special_tokens=[(wanted[role], ids[role]) for role in wanted],
+    )
+    for role in wanted:  # transformers' own flags, so a reload keeps the template
+        setattr(tokenizer, f"add_{role.split('_')[0]}_token", True)
+    return True
+
+
 # In this order: the digit split goes in front of the pre-tokenizer the split-regex fix may set.
 _FIXES: list[tuple[str, Callable[[PreTrainedTokenizerFast, dict[str, Any]], bool]]] = [
+    ("spm_merges", _fix_spm_merges),
+    ("spm_added_tokens", _fix_spm_added_tokens),
+    ("space_prefix", _fix_space_prefix),
     ("special_tokens", _fix_special_tokens),
+    ("document_tokens", _fix_document_tokens),
     ("no_space_cleanup", _fix_space_cleanup),
     ("split_regex", _fix_split_regex),
     ("nfc_normalizer", _fix_nfc_normalizer),

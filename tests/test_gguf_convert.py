@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from tokenizers import models
 from transformers import AutoModelForCausalLM
 
 from omp_init import gguf_convert
@@ -61,10 +63,56 @@ def _llama_cpp_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     )
 
 
+def _spm_type(token: str, specials: set[str]) -> int:
+    """llama.cpp piece types: 2 unknown, 3 control, 6 byte, 1 normal."""
+    if token == "<unk>":
+        return 2
+    if token in specials:
+        return 3
+    return 6 if re.fullmatch(r"<0x[0-9A-F]{2}>", token) else 1
+
+
+def spm_scores(tokenizer) -> list[float]:
+    """SentencePiece-style scores for a BPE: the piece made by merge r scores -r; others 0."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    scores = [0.0] * len(tokenizer)
+    for rank, merge in enumerate(spec["merges"]):
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        scores[spec["vocab"][left + right]] = -float(rank + 1)
+    return scores
+
+
+def spm_reference_encode(text: str, tokenizer) -> list[int]:
+    """SentencePiece BPE by its definition: ``▁`` for spaces (and in front), characters (or
+    their UTF-8 byte pieces), then always merge the adjacent pair whose concatenation is the
+    best-scoring normal piece (leftmost on ties); ``<s>`` first."""
+    vocab = tokenizer.get_vocab()
+    scores = spm_scores(tokenizer)
+    specials = set(tokenizer.all_special_tokens)
+    normal = {t for t in vocab if _spm_type(t, specials) == 1}
+    symbols = []
+    for char in "▁" + text.replace(" ", "▁"):
+        symbols += [char] if char in normal else [f"<0x{b:02X}>" for b in char.encode()]
+    while True:
+        best = None
+        for i in range(len(symbols) - 1):
+            merged = symbols[i] + symbols[i + 1]
+            if merged in normal and (best is None or scores[vocab[merged]] > best[0]):
+                best = (scores[vocab[merged]], i)
+        if best is None:
+            break
+        i = best[1]
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return [vocab["<s>"]] + [vocab[s] for s in symbols]
+
+
 def build_tiny_gguf(
     path: Path, tokenizer, *, arch: str, pre: str, tied: bool, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Write a 2-layer F32 ``arch`` model with ``tokenizer``'s byte-level vocabulary as a GGUF.
+    """Write a 2-layer F32 ``arch`` model with ``tokenizer``'s vocabulary as a GGUF.
+
+    ``pre="spm"`` stores the vocabulary the way llama.cpp stores SentencePiece models (scores,
+    piece types, ``add_bos_token``, ``add_space_prefix``; no merges), else as byte-level BPE.
 
     Returns the transformers state dict it was written from.
     """
@@ -99,14 +147,25 @@ def build_tiny_gguf(
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     specials = set(tokenizer.all_special_tokens)
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list([token for token, _ in vocab])
-    writer.add_token_types([3 if token in specials else 1 for token, _ in vocab])  # 3: control
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    if pre == "spm":  # SentencePiece as llama.cpp stores it: scores and piece types, no merges
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list([token for token, _ in vocab])
+        writer.add_token_scores(spm_scores(tokenizer))
+        writer.add_token_types([_spm_type(token, specials) for token, _ in vocab])
+        writer.add_unk_token_id(tokenizer.unk_token_id)
+        writer.add_add_bos_token(True)
+        writer.add_add_space_prefix(True)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list([token for token, _ in vocab])
+        writer.add_token_types([3 if token in specials else 1 for token, _ in vocab])  # 3: control
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
     for name, tensor in state.items():
         if arch == "llama" and name.endswith("q_proj.weight"):
             tensor = _llama_cpp_permute(tensor, n_head)
@@ -213,6 +272,45 @@ def test_gguf_tokenizer_fixes(tmp_path, byte_bpe_tokenizer, arch, pre):
         else:  # llama.cpp: \p{N} isolated, then the GPT-2 regex
             assert pieces == ["x", "Ġ=", "Ġ", "2", "0", "2", "5", "Ġ+", "Ġ", "1", "0", "0"]
             assert _pre_tokens(tokenizer, "a  1") == ["a", "ĠĠ", "1"]
+
+
+def test_gguf_sentencepiece_vocabulary(tmp_path, sp_tokenizer):
+    """A SentencePiece GGUF (scores, no merges) encodes like SentencePiece's BPE, ``<s>`` first,
+    also after the conversion is saved and loaded back (Gemma 3's case: transformers alone cut
+    ``"world"`` into ``"w"``, ``"or"``, ``"ld"`` and added no ``<bos>``)."""
+    gguf_path = tmp_path / "tiny-spm.gguf"
+    build_tiny_gguf(gguf_path, sp_tokenizer, arch="llama", pre="spm", tied=True)
+    cache = tmp_path / "cache"
+    source = resolve_model(str(gguf_path), role="base", cache_dir=cache)
+    # transformers 5.16 builds this Llama file's merges itself, not a Gemma 3 file's: the same
+    # vocabulary as it comes out for Gemma 3 (a BPE without merges) must be repaired from the header.
+    header = gguf_convert.read_gguf_header(gguf_path)
+    broken = load_tokenizer(gguf_path, role="base", cache_dir=tmp_path / "other-cache")
+    broken.backend_tokenizer.model = models.BPE(
+        vocab=sp_tokenizer.get_vocab(), merges=[], unk_token="<unk>"
+    )
+    broken.backend_tokenizer.post_processor = None
+    assert {"spm_merges", "document_tokens"} <= set(fix_gguf_tokenizer(broken, header))
+    assert fix_gguf_tokenizer(broken, header) == []  # idempotent
+    texts = ["the quick brown fox", "  two spaces, and café", "x = 1 + 22\n\tdone", "日本"]
+    for tokenizer in (
+        load_tokenizer(source.local_dir, role="base"),
+        load_tokenizer(gguf_path, role="base", cache_dir=tmp_path / "other-cache"),
+        broken,
+    ):
+        assert tokenizer.bos_token == "<s>" and tokenizer.unk_token == "<unk>"
+        for text in texts:
+            expected = spm_reference_encode(text, sp_tokenizer)
+            assert tokenizer(text).input_ids == expected, text
+            assert tokenizer.decode(expected, skip_special_tokens=True).lstrip() == text.lstrip()
+        assert tokenizer("<s>hi").input_ids[:2] == [1, 1]  # the control piece is one special token
+
+
+def test_spm_merges_rank_by_whole_piece_score():
+    merges = gguf_convert.spm_merges(
+        ["a", "b", "ab", "c", "abc", "bc", "<s>"], [0, 0, -3, 0, -1, -2, 0], [1, 1, 1, 1, 1, 1, 3]
+    )
+    assert merges == [("a", "bc"), ("ab", "c"), ("b", "c"), ("a", "b")]
 
 
 def test_fix_gguf_tokenizer_sets_special_tokens_from_ids(byte_bpe_tokenizer):
