@@ -22,6 +22,8 @@ Methods (``--methods``, comma separated; ``-kN`` sets k, default 64):
   each one of ``omp`` (centered), ``omp0`` (not centered), ``fvt``, ``mean``, ``zero``,
   ``blend`` (0.5 omp + 0.5 fvt, see ``--blend``), ``prior`` (OMP on what the FVT row misses).
 
+``--pair`` takes HF directories or ``.gguf`` files (converted once, as ``omp-init`` does)::
+
     python scripts/bench_quality.py --pair /work/cache/hf/qwen05 /work/cache/hf/smollm2 \\
         --methods omp+fvt,omp,mean,zero,fvt,mergekit-omp --work-dir /tmp/qbench \\
         --json docs/quality_qwen05_smollm2.json --markdown docs/quality_qwen05_smollm2.md
@@ -62,6 +64,16 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
+
+
+def local_model_dir(spec: str, role: str) -> str:
+    """An HF directory as given; a ``.gguf`` file (or hub id) as the directory omp-init converts
+    it to (``~/.cache/omp_init/gguf/<stem>-<key>``), since mergekit and the scoring need one."""
+    if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
+        return spec
+    from omp_init.sources import resolve_model  # noqa: PLC0415 (torch settings first)
+
+    return str(resolve_model(spec, role=role).local_dir)
 
 
 def parse_method(spec: str) -> dict:
@@ -520,7 +532,8 @@ def main() -> None:
         },
         "pairs": [],
     }
-    for base, donor in args.pair:
+    for base_spec, donor_spec in args.pair:
+        base, donor = local_model_dir(base_spec, "base"), local_model_dir(donor_spec, "donor")
         built = build_all((base, donor), specs, args)
         base_entry = score(base, texts, args)
         pair = {"base_model": base, "donor_model": donor, "base": base_entry, "methods": {}}
