@@ -479,12 +479,11 @@ def _fix_spm_text(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) ->
     if not header.get("spm"):
         return False
     backend = tokenizer.backend_tokenizer
-    prefix = header.get("add_space_prefix")
-    prefix = True if prefix is None else prefix
+    prefix = header.get("add_space_prefix") is not False  # llama.cpp's default: a prefix
     normalizer = _component_json(backend.normalizer)
     pre_tokenizer = _component_json(backend.pre_tokenizer)
     has_marker = '"Metaspace"' in pre_tokenizer or ('"Replace"' in normalizer and "▁" in normalizer)
-    has_prefix = '"Prepend"' in normalizer or '"prepend_scheme":"always"' in pre_tokenizer.replace(' ', '')
+    has_prefix = '"Prepend"' in normalizer or '"prepend_scheme":"always"' in pre_tokenizer
     changed = False
     if not has_marker:
         backend.normalizer = normalizers.Sequence(
@@ -509,12 +508,12 @@ def _fix_document_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, A
     The document-start policy reads this: without it a Gemma base looked like one that adds
     nothing, and its transplants lost the ``<bos>`` the model needs.
     """
+    named = header.get("special_tokens", {})
     wanted = {
-        role: header.get("special_tokens", {}).get(role)
+        role: named[role]
         for role, flag in (("bos_token", "add_bos_token"), ("eos_token", "add_eos_token"))
-        if header.get(flag)
+        if header.get(flag) and named.get(role) is not None
     }
-    wanted = {role: token for role, token in wanted.items() if token is not None}
     backend = tokenizer.backend_tokenizer
     ids = {role: backend.token_to_id(token) for role, token in wanted.items()}
     if not wanted or None in ids.values():

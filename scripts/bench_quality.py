@@ -71,7 +71,7 @@ def local_model_dir(spec: str, role: str) -> str:
     it to (``~/.cache/omp_init/gguf/<stem>-<key>``), since mergekit and the scoring need one."""
     if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
         return spec
-    from omp_init.sources import resolve_model  # noqa: PLC0415 (torch settings first)
+    from omp_init.sources import resolve_model
 
     return str(resolve_model(spec, role=role).local_dir)
 
