@@ -454,7 +454,7 @@ def _fix_spm_added_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, 
     if not spm or spm["types"] is None:
         return False
     backend = tokenizer.backend_tokenizer
-    present = {entry["content"] for entry in json.loads(backend.to_str()).get("added_tokens") or ()}
+    present = {added.content for added in backend.get_added_tokens_decoder().values()}
     control, user_defined = [], []
     for token, kind in zip(spm["tokens"], spm["types"], strict=True):
         if token in present:
