@@ -8,9 +8,10 @@ choosing the device, sharding rows over ranks and drawing progress bars belong t
 
 Two paths solve the same problem. ``omp_exact`` scores the residual against every atom at
 every step (2*T*N*d*k FLOPs). ``omp_screened`` precomputes the atoms' Gram matrix once per
-dictionary and follows a few hundred candidate atoms per target between six full re-scorings
-(k=64): on the real SmolLM2 / Qwen2.5 embeddings 3-5x faster than the exact bf16 path on CPU,
-within 0.3% of exact fp32 OMP's mean residual (``docs/performance.md``).
+dictionary and follows a couple of hundred candidate atoms per target between six full
+re-scorings (k=64; on CPU two of them through the Gram matrix): on the real SmolLM2 / Qwen2.5
+embeddings 3-5x faster than the exact bf16 path on CPU, within 0.7% of exact fp32 OMP's mean
+residual (``docs/performance.md``).
 :func:`prepare_dictionary` converts a dictionary once (and decides whether the Gram matrix
 pays); :func:`solve_omp` solves targets with it, chunk after chunk.
 
@@ -52,7 +53,7 @@ _GRAM_MAX_BYTES = 8 << 30
 # Work of one screened step between screens (candidate scores, Gram gathers, refit share), in
 # units of one full scoring GEMM row (N*d multiply-adds): on CPU with the real Qwen2.5 <-
 # SmolLM2 rows (d=576) 64 steps cost about as much as 16 GEMM rows at M=512, less at the default
-# M=256 (docs/performance.md); the estimate stays conservative.
+# M=192 (docs/performance.md); the estimate stays conservative.
 _SCREENED_STEP_COST = 0.25
 # Fewest rows a thread of the CPU row-parallel screened solve gets (see _solve_rows_in_threads):
 # below this the per-step Python overhead outweighs the second core.
@@ -160,14 +161,15 @@ def pick_batch_size(
 
     Exact path, per row: the score row (N values in ``score_dtype`` plus its integer view),
     the picked atoms (k*d fp64) and their fp32 copy for the final residual, the Cholesky
-    factor (k*k fp64) and a few d-vectors. Screened path: the score row and its keys, the
-    candidates' basis scores (k*M fp32) and per-candidate state, the factor, a few d-vectors.
+    factor (k*k fp64) and a few d-vectors. Screened path: the score row, its keys and the
+    step-0 scores (for the screens through the Gram), the candidates' basis scores (k*M fp32)
+    and per-candidate state, the factor, a few d-vectors.
     Example: N=20000, d=896, k=64, bf16 -> about 1300 exact rows per GiB.
     """
     score_bytes = torch.empty((), dtype=score_dtype).element_size()
     if algorithm == "screened":
         n_candidates = min(omp_screened._N_CANDIDATES, n_atoms)
-        per_row = 2 * n_atoms * score_bytes + n_candidates * (4 * k + 21 + score_bytes)
+        per_row = 3 * n_atoms * score_bytes + n_candidates * (4 * k + 21 + score_bytes)
     else:
         per_row = n_atoms * score_bytes + k * dim * (8 + 4)
     per_row += k * k * 8 + 8 * dim * 8

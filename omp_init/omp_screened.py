@@ -12,10 +12,12 @@ unit atoms' Gram matrix G precomputed (N^2*d FLOPs once per dictionary), Batch-O
 and step, without touching d. We follow M candidate atoms per target and refresh them at a
 few *screen* steps:
 
-1. at a screen step (:func:`is_screen_step`: 0, 2, 8, then every 16th) one GEMM scores
-   the residual against all atoms; this step's atom is picked from those scores (the best 4
-   candidates re-scored in fp32, as the exact path does), and up to R of the M candidates are
-   replaced by better atoms not yet followed;
+1. at a screen step (:func:`is_screen_step`: 0, 2, 8, then every 16th) the residual is scored
+   against all atoms, by one GEMM; on CPU the early screens (t <= 8 atoms picked) take the
+   scores from the Gram matrix instead, ``U r = U x - G[:, I] c`` (t gathered Gram rows per
+   target instead of N*d multiply-adds). This step's atom is picked from those scores (the
+   best 4 candidates re-scored in fp32, as the exact path does), and up to R of the M
+   candidates are replaced by better atoms not yet followed;
 2. between screens a step costs O(t*M): the candidates' scores lose ``z_t * V[t]``, with
    ``V[t] = unit candidates . q_t`` (q_t the new Gram-Schmidt direction) built from one
    gathered Gram row, ``G[atom, C]``;
@@ -26,8 +28,8 @@ few *screen* steps:
    optimum on the chosen support.
 
 Early residuals change fast (the first atoms remove the rows' common offset), so screens are
-dense early and regular late. With the default schedule the mean relative residual on the real
-Qwen2.5 / SmolLM2 embedding rows is within 0.3% of the exact fp32 path's
+dense early and regular late. With the default schedule and M the mean relative residual on the
+real Qwen2.5 / SmolLM2 embedding rows is within 0.7% of the exact fp32 path's
 (``scripts/bench_omp.py``; the schedules tried are in ``docs/performance.md``).
 """
 
@@ -49,10 +51,11 @@ _SCREEN_INTERVAL = 16
 # Candidates followed per target between screens (M), and how many a later screen may replace
 # (the rest keep their slots and V columns, so only replaced slots cost Gram gathers). On the
 # real Qwen2.5 <- SmolLM2 rows (docs/performance.md): M=512/R=256 ends 0.15% above the exact
-# mean residual, M=384/R=256 0.16%, M=256/R=160 0.3-0.4% at 15-20% less time (the steps
-# between screens cost O(t*M) and are bound by memory traffic).
-_N_CANDIDATES = 256
-_N_REPLACED = 160
+# mean residual, M=384/R=256 0.16%, M=256/R=160 0.4%, M=192/R=128 0.6-0.7% at 5-6% less time
+# than 256/160 (7% on the SmolLM2 <- Qwen2.5 rows, 0.32% -> 0.39%); the steps between screens
+# cost O(t*M) and are bound by memory traffic.
+_N_CANDIDATES = 192
+_N_REPLACED = 128
 # The candidates are the best atom of each of the best groups of this many atoms: a max over
 # groups plus a top-M over N/16 groups is far cheaper than a top-M over N atoms on CPU (torch's
 # top-k costs ~6 ns per element here, the max ~0.1). On the real Qwen2.5 <- SmolLM2 rows,
@@ -69,6 +72,14 @@ _SELECT_PIVOT_RTOL_REDUCED = 1e-2
 # glibc's mmap threshold (32 MiB at most) come back as fresh pages, and faulting them in cost
 # as much as the arithmetic (1.2 of 5.7 ms per token at d=896, k=64, B=1024).
 _TEMPORARY_BYTES = 16 << 20
+# On CPU, screens at steps up to this one score through the Gram matrix (see the module
+# docstring): t <= 8 gathered rows cost 20-42 ms per 427 targets against 59 ms for the GEMM at
+# N=39,234, d=576 (one thread); at t=16 the two are even. Measured on the real rows
+# (docs/performance.md): 5% less time at d=576, 12% at d=896, mean residual unchanged. On GPU
+# the GEMM is far cheaper relative to gathers, and it keeps every screen (not measured there).
+_GRAM_SCREEN_MAX_STEP = 8
+# Gathered Gram rows per block of such a screen: a few MB, so the buffer stays in cache.
+_GRAM_SCREEN_BLOCK_BYTES = 4 << 20
 # Rows of the Gram matrix computed per GEMM; fixed, so the Gram depends on nothing but the
 # dictionary (its bits are the same in every process that builds it).
 _GRAM_BLOCK_ROWS = 2048
@@ -167,10 +178,18 @@ def solve_batch_screened(
     targets64 = targets.double()
     rtol = _SELECT_PIVOT_RTOL.get(gram.dtype, _SELECT_PIVOT_RTOL_REDUCED)
     rows = torch.arange(n_rows, device=device)
+    # U x, kept from step 0 for the screens that score through the Gram.
+    initial_scores = torch.empty_like(full_scores) if _has_gram_screens(k, device) else None
     for step in range(k):
         if is_screen_step(step):
-            residual = _selection_residual(atoms, score_scale, targets, state, step)
-            torch.mm(residual.to(full_scores.dtype), score_atoms.T, out=full_scores)  # [B, N]
+            residual, coef = _selection_residual(atoms, score_scale, targets, state, step)
+            if initial_scores is not None and 0 < step <= _GRAM_SCREEN_MAX_STEP:
+                picked = state.indices[:, :step]
+                _scores_through_gram(gram, initial_scores, picked, coef, full_scores)
+            else:
+                torch.mm(residual.to(full_scores.dtype), score_atoms.T, out=full_scores)  # [B, N]
+                if step == 0 and initial_scores is not None:
+                    initial_scores.copy_(full_scores)
             best = _screen(gram, full_scores, keys, state, step)  # [B, r] positions
             position = _rescore(atoms, score_scale, residual, state, best)
         else:
@@ -216,16 +235,24 @@ def _new_selection(
     )
 
 
+def _has_gram_screens(k: int, device: torch.device) -> bool:
+    """Whether a k-step solve on ``device`` runs a screen through the Gram (see
+    ``_GRAM_SCREEN_MAX_STEP``). Example: k=64 on CPU -> True (steps 2 and 8); on CUDA -> False."""
+    last = min(k - 1, _GRAM_SCREEN_MAX_STEP)
+    return device.type == "cpu" and any(is_screen_step(step) for step in range(1, last + 1))
+
+
 def _int_dtype(tensor: Tensor) -> torch.dtype:
     return {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
 
 
 def _selection_residual(
     atoms: Tensor, score_scale: Tensor, targets: Tensor, state: _Selection, step: int
-) -> Tensor:
-    """[B, d] float32 ``target - x @ unit_atoms[I]``, x the selection's least-squares fit."""
+) -> tuple[Tensor, Tensor | None]:
+    """The selection's residual and fit: [B, d] float32 ``target - x @ unit_atoms[I]`` and
+    x, [B, step] float64, the least-squares coefficients of the unit atoms (None at step 0)."""
     if step == 0:
-        return targets
+        return targets, None
     factor = state.chol[:, :step, :step]
     rhs = state.chol_rhs[:, :step].unsqueeze(2)
     coef = torch.linalg.solve_triangular(factor.mT, rhs, upper=True).squeeze(2)  # [B, step]
@@ -237,7 +264,33 @@ def _selection_residual(
         rows = atoms.index_select(0, ids.reshape(-1)).view(*ids.shape, targets.shape[1])
         fitted = torch.bmm(weights[part].unsqueeze(1), rows).squeeze(1)  # rows: [b, step, d]
         torch.sub(targets[part], fitted, out=residual[part])
-    return residual
+    return residual, coef
+
+
+def _scores_through_gram(
+    gram: Tensor, initial_scores: Tensor, picked: Tensor, coef: Tensor, out: Tensor
+) -> None:
+    """``out = initial_scores - coef @ G[picked, :]``: the residual's scores ``U r`` from
+    ``U x`` ([B, N]), one gathered Gram row per row and picked atom.
+
+    G is symmetric, so ``G[:, I]`` is read as rows (contiguous). The rows are gathered a block
+    of rows at a time into one small buffer that stays in cache and in the heap: gathering
+    each term into a fresh [B, N] tensor faulted its pages in every time, which made the
+    gather 3x slower than the arithmetic. Each term is accumulated in the scores' dtype, like
+    the GEMM's output it replaces; on the real rows the picks are as good
+    (docs/performance.md).
+    """
+    n_rows, n_atoms = out.shape
+    weights = coef.to(out.dtype)
+    block_rows = max(1, _GRAM_SCREEN_BLOCK_BYTES // (n_atoms * out.element_size()))
+    buffer = torch.empty(min(block_rows, n_rows), n_atoms, dtype=out.dtype, device=out.device)
+    for start in range(0, n_rows, block_rows):
+        part = slice(start, min(start + block_rows, n_rows))
+        block, gathered = out[part], buffer[: part.stop - part.start]
+        for j in range(picked.shape[1]):
+            torch.index_select(gram, 0, picked[part, j], out=gathered)  # G[I_j, :]
+            source = initial_scores[part] if j == 0 else block
+            torch.addcmul(source, gathered, weights[part, j : j + 1], value=-1.0, out=block)
 
 
 def _row_chunks(n_rows: int, floats_per_row: int, device: torch.device) -> list[slice]:

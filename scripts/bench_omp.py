@@ -143,13 +143,15 @@ def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean
     """Best-of-``rounds`` time and residual ratio of each screened variant, run alternately
     (this VM's speed drifts by +-15% between runs, so variants are timed side by side)."""
     saved = (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
-             omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL)  # fmt: skip
+             omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL,
+             omp_screened._GRAM_SCREEN_MAX_STEP)  # fmt: skip
     best: dict[str, dict] = {}
     try:
         for _ in range(rounds):
             for spec in specs:
-                n_candidates, n_replaced, steps = spec.split(":")
+                n_candidates, n_replaced, steps, *gram_steps = spec.split(":")
                 omp_screened._N_CANDIDATES, omp_screened._N_REPLACED = int(n_candidates), int(n_replaced)
+                omp_screened._GRAM_SCREEN_MAX_STEP = int(gram_steps[0]) if gram_steps else saved[4]
                 omp_screened._EARLY_SCREEN_STEPS = tuple(int(x) for x in steps.split(","))
                 omp_screened._SCREEN_INTERVAL = 1 << 30  # only the listed steps
                 result, seconds, _ = timed(
@@ -163,7 +165,8 @@ def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean
                                   "mean_residual_over_exact_fp32": round(ratio, 5)}  # fmt: skip
     finally:
         (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
-         omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL) = saved  # fmt: skip
+         omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL,
+         omp_screened._GRAM_SCREEN_MAX_STEP) = saved  # fmt: skip
     return best
 
 
@@ -193,9 +196,10 @@ def main() -> None:
     parser.add_argument(
         "--screened-variants",
         nargs="+",
-        metavar="M:R:STEPS",
+        metavar="M:R:STEPS[:G]",
         help="also time the screened path with M candidates, R replaced per screen and these "
-        "comma-separated screen steps (e.g. 256:160:0,2,8,16,32,48), alternating for --rounds",
+        "comma-separated screen steps (e.g. 256:160:0,2,8,16,32,48), alternating for --rounds; "
+        "G: screens up to step G score through the Gram on CPU (default: the solver's, 8)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --screened-variants")
     args = parser.parse_args()

@@ -280,3 +280,34 @@ def test_refit_is_the_fp64_least_squares_fit_for_clean_and_nearly_dependent_rows
 def test_screen_schedule():
     assert [s for s in range(64) if omp_screened.is_screen_step(s)] == [0, 2, 8, 16, 32, 48]
     assert omp_screened.n_screens(64) == 6 and omp_screened.n_screens(3) == 2
+
+
+def test_early_screens_through_the_gram_give_the_residuals_scores(monkeypatch):
+    # U r = U x - G[:, I] c, read from Gram rows: the same scores as a GEMM on the residual,
+    # here gathered in blocks of 4 rows (the last one shorter).
+    monkeypatch.setattr(omp_screened, "_GRAM_SCREEN_BLOCK_BYTES", 4 * 500 * 4)
+    gen = torch.Generator().manual_seed(0)
+    atoms = torch.randn(500, 32, generator=gen)
+    unit = atoms / atoms.norm(dim=1, keepdim=True)
+    gram = omp_screened.build_gram(unit)
+    targets = torch.randn(10, 32, generator=gen)
+    picked = torch.randint(0, 500, (10, 3), generator=gen)
+    coef = torch.randn(10, 3, generator=gen).double()
+    initial = targets @ unit.T
+    scores = torch.empty_like(initial)
+    omp_screened._scores_through_gram(gram, initial, picked, coef, scores)
+    residual = targets - torch.bmm(coef.float().unsqueeze(1), unit[picked]).squeeze(1)
+    torch.testing.assert_close(scores, residual @ unit.T, atol=1e-5, rtol=1e-5)
+
+
+def test_gram_screens_pick_as_well_as_gemm_screens(few_candidates, monkeypatch):
+    dictionary, targets = embedding_like_problem()
+    assert omp_screened._has_gram_screens(16, torch.device("cpu"))
+    assert not omp_screened._has_gram_screens(2, torch.device("cpu"))  # step 2 is never reached
+    through_gram = solve_omp(dictionary, targets, 16, score_dtype=BF16, algorithm="screened")
+    monkeypatch.setattr(omp_screened, "_GRAM_SCREEN_MAX_STEP", 0)
+    assert not omp_screened._has_gram_screens(16, torch.device("cpu"))
+    through_gemm = solve_omp(dictionary, targets, 16, score_dtype=BF16, algorithm="screened")
+    ratio = through_gram.relative_residual().mean() / through_gemm.relative_residual().mean()
+    assert abs(ratio - 1) < 0.005
+    assert (through_gram.indices[:, :2] == through_gemm.indices[:, :2]).float().mean() > 0.95
