@@ -61,8 +61,11 @@ _MIN_ROWS_PER_THREAD = 64
 # On CPU, the screened path's batch is cut so that each thread's [rows, N] score matrix stays
 # within this: glibc hands larger blocks out as fresh pages (faulted in again every batch), and
 # smaller blocks stay warmer in cache. On the real Qwen2.5 <- SmolLM2 rows (N=39,234, 2 threads)
-# batches of 384-1,024 rows took 1.01-1.06 ms per target, 3,072 rows 1.16 ms.
-_CPU_THREAD_SCORE_BYTES = 32 << 20
+# batches of 384-1,024 rows took 1.01-1.06 ms per target, 3,072 rows 1.16 ms (best of several
+# passes); a first pass in a fresh process, as a CLI run makes, over all 9,911 rows took
+# 10.1-11.2 s at 32 MiB (427 rows per thread), 9.2-10.0 s at 16 MiB (213), 9.4-10.6 s at 8 MiB,
+# with 20-40% fewer page faults per halving (docs/performance.md).
+_CPU_THREAD_SCORE_BYTES = 16 << 20
 
 Algorithm = Literal["auto", "exact", "screened"]
 ALGORITHMS = ("auto", "exact", "screened")
@@ -282,7 +285,8 @@ def solve_omp(
             prepared dictionary, its own). ``torch.float32`` gives exact OMP; bf16 is 4-6x
             faster on AVX512-BF16/AMX CPUs and tensor-core GPUs (on CUDA keep TF32 off for
             exact fp32). The fit itself is always fp64.
-        batch_size: targets per batch; None picks :func:`pick_batch_size` (1 GiB budget).
+        batch_size: targets per batch; None picks :func:`pick_batch_size` (1 GiB budget; on
+            CPU the screened path's cap per thread), then evens the batches out.
         normalize_atoms: pick by |correlation| / atom norm (standard OMP, the default); False
             picks by raw |correlation|, favouring long rows.
         residual_tol: a row stops once ``||residual|| <= residual_tol * ||target||``; with 0,
@@ -318,6 +322,7 @@ def solve_omp(
         batch_size = pick_batch_size(n_atoms, dim, k, prepared.score_dtype, algorithm=path)
         if is_screened and prepared.atoms.device.type == "cpu":
             batch_size = min(batch_size, _cpu_screened_batch(n_atoms, prepared.score_dtype))
+        batch_size = _even_batches(n_targets, batch_size)
         logger.debug("OMP batch size %d for N=%d, d=%d, k=%d", batch_size, n_atoms, dim, k)
     parts = []
     for start in range(0, max(n_targets, 1), batch_size):
@@ -332,9 +337,19 @@ def solve_omp(
     return OmpResult(*fields)
 
 
+def _even_batches(n_targets: int, batch_size: int) -> int:
+    """The smallest batch size that cuts ``n_targets`` into as few batches as ``batch_size``
+    allows, so the batches are even (the last at most a few rows shorter) and no small
+    remainder batch runs on one thread. Example: 512 rows, at most 426 -> 256 (two batches)."""
+    if n_targets <= 0:
+        return batch_size
+    n_batches = -(-n_targets // batch_size)
+    return -(-n_targets // n_batches)
+
+
 def _cpu_screened_batch(n_atoms: int, score_dtype: torch.dtype) -> int:
     """Rows per screened batch on CPU: one block of at most ``_CPU_THREAD_SCORE_BYTES`` of
-    scores per thread. Example: N=39,234, bf16, 2 threads -> 2 * 427 = 854 rows."""
+    scores per thread. Example: N=39,234, bf16, 2 threads -> 2 * 213 = 426 rows."""
     score_bytes = torch.empty((), dtype=score_dtype).element_size()
     rows_per_thread = max(_MIN_ROWS_PER_THREAD, _CPU_THREAD_SCORE_BYTES // (n_atoms * score_bytes))
     return torch.get_num_threads() * rows_per_thread

@@ -131,7 +131,8 @@ def test_cpu_threads_split_rows_with_the_same_result(few_candidates, monkeypatch
 
 def test_cpu_batches_keep_each_threads_scores_small(few_candidates, monkeypatch):
     # Without a batch size, a CPU screened batch holds at most _CPU_THREAD_SCORE_BYTES of
-    # [rows, N] scores per thread (here 100 rows' worth, one thread) whatever the memory allows.
+    # [rows, N] scores per thread (here 100 rows' worth, one thread) whatever the memory allows,
+    # and the batches are evened out (250 rows: 84 + 84 + 82, not 100 + 100 + 50).
     from omp_init import omp
 
     dictionary, targets = embedding_like_problem(n_targets=250)
@@ -145,7 +146,7 @@ def test_cpu_batches_keep_each_threads_scores_small(few_candidates, monkeypatch)
         uncapped = solve_omp(prepared, targets, 16, batch_size=250)  # an explicit size is kept
     finally:
         torch.set_num_threads(previous)
-    assert batches == [100, 100, 50, 250]
+    assert batches == [84, 84, 82, 250]
     assert torch.equal(capped.indices, uncapped.indices)
 
 
