@@ -50,7 +50,8 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
         choices=DOCUMENT_START_POLICIES,
         default=defaults["document_start"],
         help="auto: if the base tokenizer starts documents with a token (e.g. <bos>) and the new one does not, add the new "
-        "vocabulary's counterpart (default); never: leave the new tokenizer as it is",
+        "vocabulary's counterpart (its bos token, unless its chat template opens every turn with it) with the base's "
+        "row (default); never: leave the new tokenizer as it is",
     )
     method.add_argument(
         "--no-center",

@@ -7,6 +7,13 @@ auto``), when the base tokenizer adds a token to every text and the new tokenize
 the new tokenizer is changed to add its counterpart of that token, and that token's row is
 copied from the base's document-start row. When the base adds nothing (Qwen, SmolLM2),
 nothing is added. ``--document-start never`` keeps the new tokenizer as it is.
+
+The counterpart is the new tokenizer's bos_token, unless its chat template opens every turn
+with it (SmolLM2-Instruct declares ``<|im_start|>`` as bos_token): that token then keeps its
+own row, since giving it the base's document-start row would make every chat turn look like a
+new document, and a chat-formatted text would start with it twice. The next candidate of
+``_FALLBACK_START_TOKENS`` that the template does not repeat is used instead
+(``<|endoftext|>`` there).
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ def apply_policy(policy: str, base_tokenizer, new_tokenizer, alignment) -> tuple
             else ("the base adds no document-start token" if not base_prefix else "the new tokenizer already adds one")
         )
         return new_tokenizer, alignment, entry
-    start_token = _counterpart(new_tokenizer)
+    start_token, passed_over = _counterpart(new_tokenizer)
+    if passed_over:
+        entry["passed_over"] = passed_over
     if start_token is None:
         entry["reason"] = "the new vocabulary has no bos/<|endoftext|>-like token to add"
         logger.warning("base adds %s at document start but the new vocabulary has no counterpart", entry["base_adds"])
@@ -69,11 +78,46 @@ def apply_policy(policy: str, base_tokenizer, new_tokenizer, alignment) -> tuple
     return changed, alignment, entry
 
 
-def _counterpart(tokenizer) -> str | None:
-    if tokenizer.bos_token is not None:
-        return tokenizer.bos_token
+def _counterpart(tokenizer) -> tuple[str | None, dict[str, str]]:
+    """The token to start documents with, and the candidates passed over (token -> why).
+
+    Candidates: the bos_token, then ``_FALLBACK_START_TOKENS`` present in the vocabulary; the
+    first one that does not open the chat template's turns wins. If every candidate does,
+    the first is used anyway (a document start matters more than the turn marker's row).
+    """
     vocab = tokenizer.get_vocab()
-    return next((t for t in _FALLBACK_START_TOKENS if t in vocab), None)
+    candidates = [tokenizer.bos_token] if tokenizer.bos_token is not None else []
+    candidates += [t for t in _FALLBACK_START_TOKENS if t in vocab and t not in candidates]
+    markers = chat_turn_markers(tokenizer, candidates)
+    passed_over = {t: "it opens every turn of the new tokenizer's chat template" for t in candidates if t in markers}
+    chosen = next((t for t in candidates if t not in markers), candidates[0] if candidates else None)
+    passed_over.pop(chosen, None)
+    return chosen, passed_over
+
+
+def chat_turn_markers(tokenizer, tokens: list[str]) -> set[str]:
+    """Those of ``tokens`` that the tokenizer's chat template writes once per message.
+
+    Found by rendering a three-message conversation and counting: a token written three or
+    more times opens (or closes) turns; a document-start token is written at most once.
+    A tokenizer without a template, or whose template fails on a plain conversation, has none.
+    Example: SmolLM2-Instruct, ``["<|im_start|>", "<|endoftext|>"]`` -> ``{"<|im_start|>"}``.
+    """
+    if not tokens or not getattr(tokenizer, "chat_template", None):
+        return set()
+    messages = [
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Bye."},
+    ]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # any template error: a user's template, not ours to fix
+        logger.debug("chat template not rendered (%s); no turn markers assumed", exc)
+        return set()
+    if not isinstance(rendered, str):
+        return set()
+    return {t for t in tokens if rendered.count(t) >= len(messages)}
 
 
 def _with_prefix(tokenizer, token: str, token_id: int):
