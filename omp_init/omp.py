@@ -63,8 +63,9 @@ _MIN_ROWS_PER_THREAD = 64
 # smaller blocks stay warmer in cache. On the real Qwen2.5 <- SmolLM2 rows (N=39,234, 2 threads)
 # batches of 384-1,024 rows took 1.01-1.06 ms per target, 3,072 rows 1.16 ms (best of several
 # passes); a first pass in a fresh process, as a CLI run makes, over all 9,911 rows took
-# 10.1-11.2 s at 32 MiB (427 rows per thread), 9.2-10.0 s at 16 MiB (213), 9.4-10.6 s at 8 MiB,
-# with 20-40% fewer page faults per halving (docs/performance.md).
+# 9.6-11.2 s at 32 MiB (427 rows per thread), 9.0-10.3 s at 16 MiB (213), 9.4-10.6 s at 8 MiB;
+# page faults during the pass 375-463 thousand at 32 MiB, 184-288 thousand at 8 MiB
+# (docs/performance.md).
 _CPU_THREAD_SCORE_BYTES = 16 << 20
 
 Algorithm = Literal["auto", "exact", "screened"]

@@ -73,10 +73,10 @@ _SELECT_PIVOT_RTOL_REDUCED = 1e-2
 # as much as the arithmetic (1.2 of 5.7 ms per token at d=896, k=64, B=1024).
 _TEMPORARY_BYTES = 16 << 20
 # On CPU, screens at steps up to this one score through the Gram matrix (see the module
-# docstring): t <= 8 gathered rows cost 20-42 ms per 427 targets against 59 ms for the GEMM at
-# N=39,234, d=576 (one thread); at t=16 the two are even. Measured on the real rows
-# (docs/performance.md): 5% less time at d=576, 12% at d=896, mean residual unchanged. On GPU
-# the GEMM is far cheaper relative to gathers, and it keeps every screen (not measured there).
+# docstring): for 427 targets at N=39,234 on one thread, 11 ms at t=2 and 42 ms at t=8 against
+# 66 ms (d=576) and 96 ms (d=896) for the GEMM; at t=16 the two are even. With 2 threads on the
+# real rows (docs/performance.md): 2% less time at d=576, 9% at d=896, mean residual no higher.
+# On GPU the GEMM is far cheaper relative to gathers: every screen stays a GEMM (not measured).
 _GRAM_SCREEN_MAX_STEP = 8
 # Gathered Gram rows per block of such a screen: a few MB, so the buffer stays in cache.
 _GRAM_SCREEN_BLOCK_BYTES = 4 << 20
