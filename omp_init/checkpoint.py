@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,7 @@ def write_checkpoint(
     overwrite: bool,
     generation_config_updates: dict[str, Any] | None = None,
     report_name: str | None = None,
+    before_json: Callable[[], None] | None = None,
 ) -> Path:
     """Write the base checkpoint with new embeddings, new tokenizer and extra JSON files.
 
@@ -258,6 +260,9 @@ def write_checkpoint(
         report_name: the ``extra_json`` entry (updated in place) that also gets
             ``saved_tokenizer``: whether ``AutoTokenizer`` reloads the tokenizer as saved, and
             whether its class had to be pinned (``saved_tokenizer.py``).
+        before_json: called after the weights, config and tokenizer are written and before
+            the ``extra_json`` files, so it can still update them (the transplant stamps its
+            timings there, the write included).
 
     Returns:
         ``out_dir`` as a Path.
@@ -292,6 +297,8 @@ def write_checkpoint(
         if report_name is not None:
             extra_json[report_name]["saved_tokenizer"] = tokenizer_check  # the caller's dict too
         _copy_other_files(base_dir, tmp, skip=set(extra_json))
+        if before_json is not None:
+            before_json()
         for name, payload in extra_json.items():
             if Path(name).name != name:
                 raise ValueError(f"extra_json names must be plain file names, got {name!r}")

@@ -10,7 +10,8 @@ Schema (version 1), all JSON-native:
 - ``residuals``: per pass (``embed``, ``lm_head``) statistics of the relative reconstruction
   residual ||target - combination|| / ||target|| in donor space, and the worst tokens
 - ``document_start``: what the transplanted tokenizer puts at the start of a document, and why
-- ``timings_s``: wall time per step; ``world_size``; ``device``
+- ``timings_s``: wall seconds of the steps ``load``, ``solve`` and ``write`` (the checkpoint write
+  included) and ``total`` since the transplant was called; ``world_size``; ``device``
 - ``versions``: python, torch, transformers, tokenizers, safetensors
 """
 
@@ -78,6 +79,11 @@ def residual_statistics(
     }
 
 
+def rounded_timings(timings_s: dict[str, float]) -> dict[str, float]:
+    """Step name -> seconds, to the millisecond, as the report stores them."""
+    return {name: round(value, 3) for name, value in timings_s.items()}
+
+
 def build_report(
     *,
     fingerprint: str,
@@ -101,7 +107,7 @@ def build_report(
         "vocab": vocab,
         "residuals": residuals,
         "document_start": document_start,
-        "timings_s": {name: round(value, 3) for name, value in timings_s.items()},
+        "timings_s": rounded_timings(timings_s),
         "world_size": world_size,
         "device": device,
         "versions": package_versions(),

@@ -31,6 +31,7 @@ from .report import (
     ROWS_NAME,
     build_report,
     residual_statistics,
+    rounded_timings,
     rows_record,
     summarize,
 )
@@ -73,18 +74,32 @@ class _Inputs:
 
 
 class _Timer:
+    """Wall seconds per step, and in total since the transplant was called.
+
+    A step still running counts up to now, so the report (written inside the ``write`` step)
+    includes writing the checkpoint in ``write`` and ``total``.
+    """
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._running: dict[str, float] = {}  # step name -> perf_counter at its start
         self._start = time.perf_counter()
 
     @contextmanager
     def step(self, name: str):
-        started = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        self._running[name] = started = time.perf_counter()
+        try:
+            yield
+        finally:
+            del self._running[name]
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
     def total(self) -> dict[str, float]:
-        return {**self.seconds, "total": time.perf_counter() - self._start}
+        now = time.perf_counter()
+        seconds = dict(self.seconds)
+        for name, started in self._running.items():
+            seconds[name] = seconds.get(name, 0.0) + now - started
+        return {**seconds, "total": now - self._start}
 
 
 def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> TransplantResult:
@@ -400,6 +415,8 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         extra_json={REPORT_NAME: report, ROWS_NAME: rows_record(n_rows, alignment.copy_new_ids)},
         overwrite=config.overwrite,
         report_name=REPORT_NAME,
+        # After the weights, just before the JSON files: the timings then include the write.
+        before_json=lambda: report.update(timings_s=rounded_timings(timer.total())),
     )
     logger.info("wrote %s", config.output)
     return report

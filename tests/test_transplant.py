@@ -148,6 +148,11 @@ def test_output_loads_and_generates(tmp_path, byte_bpe_model_dir, sp_model_dir):
     assert report["saved_tokenizer"] == {
         "auto_tokenizer_class": "TokenizersBackend", "pinned": False, "matches_saved_tokenizer": True
     }
+    # Timings are stamped after the weights are written: the write is in them, and in the total.
+    timings = report["timings_s"]
+    assert set(timings) == {"load", "solve", "write", "total"}
+    assert timings["write"] > 0
+    assert timings["total"] >= timings["load"] + timings["solve"] + timings["write"] - 0.01
 
 
 def test_same_tokenizer_changes_no_weight(tmp_path, byte_bpe_model_dir, byte_bpe_untied_model_dir):
