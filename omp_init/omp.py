@@ -111,9 +111,11 @@ class PreparedDictionary:
         atoms: [N, d] float32, the dictionary rows.
         score_atoms: [N, d] score dtype, rows scaled to unit norm when ``normalize_atoms``.
         score_scale: [N] float32, what exact scores are multiplied by (1/norm, 0, or 1).
-        gram: [N, N] score dtype, ``score_atoms @ score_atoms.T``; None when the screened path
-            was not chosen (see :func:`prepare_dictionary`).
+        gram: [N, N] score dtype, ``score_atoms @ score_atoms.T``; None on the exact path,
+            and on the screened path when the Gram does not fit in memory (the screened
+            selection then computes the inner products it needs from the rows).
         normalize_atoms: whether atoms are picked by |correlation| / norm.
+        algorithm: the path :func:`solve_omp` takes with this dictionary by default.
     """
 
     atoms: Tensor
@@ -121,6 +123,14 @@ class PreparedDictionary:
     score_scale: Tensor
     gram: Tensor | None
     normalize_atoms: bool
+    algorithm: Literal["exact", "screened"] = "exact"
+
+    @property
+    def path_name(self) -> str:
+        """``exact``, ``screened``, or ``screened-no-gram`` (for logs and reports)."""
+        if self.algorithm == "screened" and self.gram is None:
+            return "screened-no-gram"
+        return self.algorithm
 
     @property
     def score_dtype(self) -> torch.dtype:
@@ -160,6 +170,7 @@ def pick_batch_size(
     score_dtype: torch.dtype = torch.bfloat16,
     memory_bytes: int = BATCH_MEMORY_BYTES,
     algorithm: Literal["exact", "screened"] = "exact",
+    has_gram: bool = True,
 ) -> int:
     """Rows per batch so that one batch's working set stays within ``memory_bytes``.
 
@@ -167,13 +178,16 @@ def pick_batch_size(
     the picked atoms (k*d fp64) and their fp32 copy for the final residual, the Cholesky
     factor (k*k fp64) and a few d-vectors. Screened path: the score row, its keys and the
     step-0 scores (for the screens through the Gram), the candidates' basis scores (k*M fp32)
-    and per-candidate state, the factor, a few d-vectors.
+    and per-candidate state, the factor, a few d-vectors; without a Gram (``has_gram``
+    False) also the candidates' rows (M*d in ``score_dtype``).
     Example: N=20000, d=896, k=64, bf16 -> about 1300 exact rows per GiB.
     """
     score_bytes = torch.empty((), dtype=score_dtype).element_size()
     if algorithm == "screened":
         n_candidates = min(omp_screened._N_CANDIDATES, n_atoms)
         per_row = 3 * n_atoms * score_bytes + n_candidates * (4 * k + 21 + score_bytes)
+        if not has_gram:
+            per_row += n_candidates * dim * score_bytes
     else:
         per_row = n_atoms * score_bytes + k * dim * (8 + 4)
     per_row += k * k * 8 + 8 * dim * 8
@@ -196,15 +210,16 @@ def prepare_dictionary(
         dictionary: [N, d] float, the donor's rows of the shared tokens, on the device to solve on.
         score_dtype: dtype of the scoring GEMMs and of the Gram matrix.
         normalize_atoms: see :func:`solve_omp`.
-        algorithm: ``exact`` builds no Gram; ``screened`` always builds it; ``auto`` builds it
-            when :func:`choose_algorithm` says the screened path is cheaper for ``n_targets``
-            rows (the whole pass, not one rank's or one chunk's share, so every rank chooses
-            alike) and the Gram fits ``gram_memory_bytes``.
+        algorithm: ``exact`` builds no Gram; ``screened`` takes the screened path; ``auto``
+            takes it when :func:`choose_algorithm` says it is cheaper for ``n_targets`` rows
+            (the whole pass, not one rank's or one chunk's share, so every rank chooses
+            alike). The screened path builds the Gram when it fits ``gram_memory_bytes`` and
+            else runs without it (inner products from the rows).
         n_targets: rows the prepared dictionary will solve in all; None means few (``auto``
             then builds no Gram).
         k: atoms per target (for ``auto``'s cost estimate); None means 64.
-        gram_memory_bytes: largest Gram ``auto`` may build; None: a quarter of the RAM, at most
-            8 GiB (40% of the device's memory on CUDA).
+        gram_memory_bytes: largest Gram to build; None: a quarter of the RAM, at most 8 GiB
+            (40% of the device's memory on CUDA).
 
     Returns:
         A :class:`PreparedDictionary` on ``dictionary.device``.
@@ -223,16 +238,19 @@ def prepare_dictionary(
         scale = torch.ones(atoms.shape[0], device=atoms.device)
     # Scaling the rows once makes the scores already normalized: no [B, N] multiply per step.
     score_atoms = (atoms * scale[:, None]).to(score_dtype)
+    budget = _default_gram_budget(atoms.device) if gram_memory_bytes is None else gram_memory_bytes
+    has_gram = omp_screened.gram_nbytes(atoms.shape[0], score_dtype) <= budget
     if algorithm == "auto":
         algorithm = choose_algorithm(
             atoms.shape[0], n_targets or 0, 64 if k is None else k, score_dtype,
             atoms.device, gram_memory_bytes,
         )  # fmt: skip
-    gram = omp_screened.build_gram(score_atoms) if algorithm == "screened" else None
+    gram = omp_screened.build_gram(score_atoms) if algorithm == "screened" and has_gram else None
+    prepared = PreparedDictionary(atoms, score_atoms, scale, gram, normalize_atoms, algorithm)
     logger.debug(
-        "OMP dictionary N=%d, d=%d, %s scoring, %s path", *atoms.shape, score_dtype, algorithm
+        "OMP dictionary N=%d, d=%d, %s scoring, %s path", *atoms.shape, score_dtype, prepared.path_name
     )
-    return PreparedDictionary(atoms, score_atoms, scale, gram, normalize_atoms)
+    return prepared
 
 
 def choose_algorithm(
@@ -247,17 +265,23 @@ def choose_algorithm(
 
     In units of one scoring GEMM row (N*d multiply-adds) per target, the exact path costs k;
     the screened path ``n_screens(k) + k * _SCREENED_STEP_COST``, plus N/2 per pass for the
-    Gram matrix. It also needs more atoms than 16x its candidates (below, the exact path is
-    cheap anyway) and an [N, N] Gram within ``gram_memory_bytes``.
-    Example: N=39,234, k=64, bf16 on a 23 GiB CPU: T=9,911 -> ``screened``; T=300 -> ``exact``.
+    Gram matrix. When the [N, N] Gram exceeds ``gram_memory_bytes`` the screened path runs
+    without it: no N/2, but each step takes M*d multiply-adds (counted twice, 2*M/N rows, for
+    the gathers around them). The screened path also needs more atoms than 16x its candidates
+    (below, the exact path is cheap anyway).
+    Example: N=39,234, k=64, bf16 on a 23 GiB CPU: T=9,911 -> ``screened``; T=300 -> ``exact``;
+    N=95,968 (an 18 GB Gram): T=166,061 -> ``screened`` (without the Gram).
     """
     budget = _default_gram_budget(device) if gram_memory_bytes is None else gram_memory_bytes
-    if n_atoms < 16 * omp_screened._N_CANDIDATES:
+    n_candidates = omp_screened._N_CANDIDATES
+    if n_atoms < 16 * n_candidates:
         return "exact"
+    per_target = omp_screened.n_screens(k, n_atoms) + k * _SCREENED_STEP_COST
     if omp_screened.gram_nbytes(n_atoms, score_dtype) > budget:
-        return "exact"
-    per_target = omp_screened.n_screens(k) + k * _SCREENED_STEP_COST
-    is_cheaper = n_atoms / 2 + n_targets * per_target < n_targets * k
+        per_target += k * 2 * n_candidates / n_atoms
+        is_cheaper = n_targets * per_target < n_targets * k
+    else:
+        is_cheaper = n_atoms / 2 + n_targets * per_target < n_targets * k
     return "screened" if is_cheaper else "exact"
 
 
@@ -320,7 +344,9 @@ def solve_omp(
     n_targets, (n_atoms, dim) = targets.shape[0], prepared.atoms.shape
     if batch_size is None:
         path = "screened" if is_screened else "exact"
-        batch_size = pick_batch_size(n_atoms, dim, k, prepared.score_dtype, algorithm=path)
+        batch_size = pick_batch_size(
+            n_atoms, dim, k, prepared.score_dtype, algorithm=path, has_gram=prepared.gram is not None
+        )
         if is_screened and prepared.atoms.device.type == "cpu":
             batch_size = min(batch_size, _cpu_screened_batch(n_atoms, prepared.score_dtype))
         batch_size = _even_batches(n_targets, batch_size)
@@ -412,12 +438,12 @@ def _resolve_algorithm(
 ) -> Literal["exact", "screened"]:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "screened" and (prepared.gram is None or residual_tol > 0):
+    if algorithm == "screened" and (prepared.algorithm != "screened" or residual_tol > 0):
         raise ValueError(
             "algorithm='screened' needs a dictionary prepared with algorithm='screened' "
             "(or 'auto' that chose it) and residual_tol=0"
         )
-    if algorithm == "exact" or prepared.gram is None or residual_tol > 0:
+    if algorithm == "exact" or prepared.algorithm != "screened" or residual_tol > 0:
         return "exact"
     return "screened"
 

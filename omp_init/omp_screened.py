@@ -12,7 +12,8 @@ unit atoms' Gram matrix G precomputed (N^2*d FLOPs once per dictionary), Batch-O
 and step, without touching d. We follow M candidate atoms per target and refresh them at a
 few *screen* steps:
 
-1. at a screen step (:func:`is_screen_step`: 0, 2, 8, then every 16th) the residual is scored
+1. at a screen step (:func:`is_screen_step`: 0, 2, 8, then every 16th; every 8th for large
+   dictionaries) the residual is scored
    against all atoms, by one GEMM; on CPU the early screens (t <= 8 atoms picked) take the
    scores from the Gram matrix instead, ``U r = U x - G[:, I] c`` (t gathered Gram rows per
    target instead of N*d multiply-adds). This step's atom is picked from those scores (the
@@ -26,6 +27,16 @@ few *screen* steps:
    (``omp_exact.refit_exact``: their Gram in fp32 where every pivot is clean, else in fp64
    with the exact path's rule for dependent atoms), so the residual is the least-squares
    optimum on the chosen support.
+
+Without the Gram (a dictionary whose [N, N] Gram does not fit in memory: N=95,968 shared
+tokens need 18 GB in bf16) the same steps compute the inner products they need from the rows
+(:class:`_AtomProducts`): each target keeps its candidates' rows and their own Gram block
+``G[C, C]`` ([M, M]), updated at a screen for the replaced slots (R*M*d multiply-adds), so a
+step reads ``G[atom, C]`` as a row of that block (the atom a step picks is always a
+candidate); the replaced slots' ``G[I, C']`` is a small batched product, and every screen is a
+GEMM. On the Qwen2.5 <- Gemma 3 rows (N=95,968, d=640) one thread takes 4.9 ms per target
+against 7.4 ms when each step took M*d products against the candidates' rows, and ~27 ms
+for the exact path (docs/performance.md).
 
 Early residuals change fast (the first atoms remove the rows' common offset), so screens are
 dense early and regular late. With the default schedule and M the mean relative residual on the
@@ -42,12 +53,18 @@ from torch import Tensor
 
 from .omp_exact import refit_exact
 
-# Screens run at these steps and then at every multiple of _SCREEN_INTERVAL (see
-# is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows (M=384-512, docs/performance.md)
-# the mean residual is then 0.1-0.3% above the exact path's; screening every 24 steps instead
-# of 16 costs 0.25-0.7% more, (0, 4, 12, 32) 1-2%; screening at 1 and 4 too buys < 0.1%.
-_EARLY_SCREEN_STEPS = (0, 2, 8)
-_SCREEN_INTERVAL = 16
+# Screens run at the early steps and then at every multiple of the interval (see
+# is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows at N=39,234
+# (docs/performance.md) the mean residual is then 0.4-0.6% above the exact path's (M=192);
+# screening every 24 steps instead of 16 costs 0.25-0.7% more, (0, 4, 12, 32) 1-2%; screening
+# at 1 and 4 too buys < 0.1%.
+_SCREEN_SCHEDULE = ((0, 2, 8), 16)
+# A larger dictionary offers more atoms that overtake the followed ones between screens: on the
+# real Qwen2.5 <- Gemma 3 rows (N=95,968, d=640) the schedule above ends 2.7% above the exact
+# mean residual, M=384 1.4%, screens every 8 steps 0.3% (M=192: 2.4 -> 3.8 ms per target on 2
+# threads). Dictionaries above this many atoms screen every 8 steps.
+_LARGE_DICTIONARY_ATOMS = 65_536
+_LARGE_SCREEN_SCHEDULE = ((0, 2, 4, 8), 8)
 # Candidates followed per target between screens (M), and how many a later screen may replace
 # (the rest keep their slots and V columns, so only replaced slots cost Gram gathers). On the
 # real Qwen2.5 <- SmolLM2 rows (docs/performance.md): M=512/R=256 ends 0.15% above the exact
@@ -85,9 +102,13 @@ _GRAM_SCREEN_BLOCK_BYTES = 4 << 20
 _GRAM_BLOCK_ROWS = 2048
 
 
-def is_screen_step(step: int) -> bool:
-    """Whether ``step`` (0-based) scores all atoms. Example: 0, 2, 8, 16, 32, 48 of 64."""
-    return step in _EARLY_SCREEN_STEPS or step % _SCREEN_INTERVAL == 0
+def is_screen_step(step: int, n_atoms: int = 0) -> bool:
+    """Whether ``step`` (0-based) scores all ``n_atoms`` atoms. Example: 0, 2, 8, 16, 32, 48
+    of 64; with over 65,536 atoms 0, 2, 4, 8, 16, 24, 32, 40, 48, 56."""
+    early, interval = (
+        _LARGE_SCREEN_SCHEDULE if n_atoms > _LARGE_DICTIONARY_ATOMS else _SCREEN_SCHEDULE
+    )
+    return step in early or step % interval == 0
 
 
 def gram_nbytes(n_atoms: int, dtype: torch.dtype) -> int:
@@ -115,9 +136,10 @@ def build_gram(score_atoms: Tensor) -> Tensor:
     return gram
 
 
-def n_screens(k: int) -> int:
-    """Screen steps (full GEMMs) a k-step solve runs. Example: ``n_screens(64)`` -> 6."""
-    return sum(1 for step in range(k) if is_screen_step(step))
+def n_screens(k: int, n_atoms: int = 0) -> int:
+    """Screen steps (full GEMMs) a k-step solve over ``n_atoms`` atoms runs. Example:
+    ``n_screens(64)`` -> 6; ``n_screens(64, 95_968)`` -> 10."""
+    return sum(1 for step in range(k) if is_screen_step(step, n_atoms))
 
 
 @dataclass
@@ -138,13 +160,82 @@ class _Selection:
     basis_scores: Tensor  # [B, k, M] float32, V[j] = unit candidates . q_j
     flat_index: Tensor  # [B, M] int64 scratch: positions in the flattened Gram
     gathered: Tensor  # [B, M] score dtype scratch
+    candidate_rows: Tensor | None  # [B, M, d] score dtype, the candidates' unit rows (no Gram)
+    candidate_gram: Tensor | None  # [B, M, M] score dtype, G[C, C] (no Gram)
+
+
+class _AtomProducts:
+    """Inner products of unit atoms, ``G[i, j] = score_atoms[i] . score_atoms[j]``, as the
+    selection needs them: read from the precomputed Gram matrix, or, when there is none,
+    computed from the rows on the spot (module docstring). Both give score-dtype numbers."""
+
+    def __init__(self, score_atoms: Tensor, gram: Tensor | None) -> None:
+        self.score_atoms = score_atoms  # [N, d] score dtype
+        self.gram = gram  # [N, N] score dtype, or None
+
+    def diagonal(self, atom: Tensor) -> Tensor:
+        """[B] float64 ``G[atom, atom]``."""
+        if self.gram is not None:
+            return self.gram[atom, atom].double()
+        rows = self.score_atoms[atom]  # [B, d]
+        return torch.linalg.vecdot(rows, rows).double()
+
+    def follow(self, state: _Selection, slots: Tensor | None, atoms: Tensor) -> None:
+        """Record that candidate ``slots`` ([B, R], None: all M) now hold ``atoms`` ([B, R]).
+
+        Without a Gram this keeps the candidates' rows and their Gram block ``G[C, C]``: every
+        atom a step picks is a candidate, so its products with the candidates are then a row of
+        that block (R*M*d multiply-adds per row of the batch at a screen, instead of M*d at
+        every step).
+        """
+        if state.candidate_rows is None:
+            return
+        rows = self.score_atoms.index_select(0, atoms.reshape(-1)).view(*atoms.shape, -1)
+        if slots is None:
+            state.candidate_rows.copy_(rows)
+            torch.bmm(rows, rows.mT, out=state.candidate_gram)
+            return
+        # index_put_: 10x faster than a scatter_ with the index expanded over d
+        batch_rows = torch.arange(slots.shape[0], device=slots.device).unsqueeze(1)
+        where = (batch_rows.expand_as(slots), slots)
+        state.candidate_rows.index_put_(where, rows)
+        block = torch.bmm(rows, state.candidate_rows.mT)  # [B, R, M]: G[new, C]
+        state.candidate_gram.index_put_(where, block)
+        state.candidate_gram.transpose(1, 2).index_put_(where, block)  # and G[C, new]
+
+    def at_candidates(self, atom: Tensor, position: Tensor, state: _Selection) -> None:
+        """``state.gathered[b] = G[atom[b], candidates[b]]`` ([B, M]); ``atom`` is the
+        candidate at ``position`` ([B])."""
+        if self.gram is not None:
+            flat_index, n_atoms = state.flat_index, self.gram.shape[0]
+            torch.add(state.candidates, (atom * n_atoms).unsqueeze(1), out=flat_index)
+            torch.index_select(
+                self.gram.view(-1), 0, flat_index.view(-1), out=state.gathered.view(-1)
+            )
+            return
+        batch_rows = torch.arange(atom.shape[0], device=atom.device)
+        state.gathered.copy_(state.candidate_gram[batch_rows, position])
+
+    def between(self, picked: Tensor, atoms: Tensor) -> Tensor:
+        """[b, t, R] float32 ``G[picked[:, j], atoms]`` for ``picked`` [b, t], ``atoms`` [b, R]."""
+        if self.gram is None:
+            dim = self.score_atoms.shape[1]
+            left = self.score_atoms.index_select(0, picked.reshape(-1)).view(*picked.shape, dim)
+            right = self.score_atoms.index_select(0, atoms.reshape(-1)).view(*atoms.shape, dim)
+            return torch.bmm(left, right.mT).float()
+        n_atoms = self.gram.shape[0]
+        out = torch.empty(*atoms.shape[:1], picked.shape[1], atoms.shape[1], device=atoms.device)
+        for j in range(picked.shape[1]):
+            flat = atoms + (picked[:, j] * n_atoms).unsqueeze(1)
+            out[:, j] = self.gram.view(-1).index_select(0, flat.view(-1)).view(atoms.shape)
+        return out
 
 
 def solve_batch_screened(
     atoms: Tensor,
     score_atoms: Tensor,
     score_scale: Tensor,
-    gram: Tensor,
+    gram: Tensor | None,
     targets: Tensor,
     k: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,7 +251,9 @@ def solve_batch_screened(
         atoms: [N, d] float32, the dictionary rows.
         score_atoms: [N, d] score dtype, the rows times ``score_scale``.
         score_scale: [N] float32, 1/norm (1 when atoms are not normalized, 0 for zero rows).
-        gram: [N, N] score dtype, ``build_gram(score_atoms)``.
+        gram: [N, N] score dtype, ``build_gram(score_atoms)``; None computes the inner
+            products from ``score_atoms`` when needed (for dictionaries whose Gram does not
+            fit in memory).
         targets: [B, d] float32 on the atoms' device.
         k: atoms per target, k <= N.
 
@@ -172,16 +265,20 @@ def solve_batch_screened(
     n_rows, n_atoms = targets.shape[0], atoms.shape[0]
     device = targets.device
     is_active = torch.linalg.vector_norm(targets, dim=1) > 0
-    state = _new_selection(n_rows, k, min(_N_CANDIDATES, n_atoms), gram.dtype, device)
+    products = _AtomProducts(score_atoms, gram)
+    n_candidates = min(_N_CANDIDATES, n_atoms)
+    row_width = None if gram is not None else score_atoms.shape[1]
+    state = _new_selection(n_rows, k, n_candidates, score_atoms.dtype, device, row_width)
     full_scores = torch.empty(n_rows, n_atoms, dtype=score_atoms.dtype, device=device)
     keys = torch.empty_like(full_scores).view(_int_dtype(full_scores))  # see _top_groups
     targets64 = targets.double()
-    rtol = _SELECT_PIVOT_RTOL.get(gram.dtype, _SELECT_PIVOT_RTOL_REDUCED)
+    rtol = _SELECT_PIVOT_RTOL.get(score_atoms.dtype, _SELECT_PIVOT_RTOL_REDUCED)
     rows = torch.arange(n_rows, device=device)
     # U x, kept from step 0 for the screens that score through the Gram.
-    initial_scores = torch.empty_like(full_scores) if _has_gram_screens(k, device) else None
+    has_gram_screens = gram is not None and _has_gram_screens(k, device, n_atoms)
+    initial_scores = torch.empty_like(full_scores) if has_gram_screens else None
     for step in range(k):
-        if is_screen_step(step):
+        if is_screen_step(step, n_atoms):
             residual, coef = _selection_residual(atoms, score_scale, targets, state, step)
             if initial_scores is not None and 0 < step <= _GRAM_SCREEN_MAX_STEP:
                 picked = state.indices[:, :step]
@@ -190,7 +287,7 @@ def solve_batch_screened(
                 torch.mm(residual.to(full_scores.dtype), score_atoms.T, out=full_scores)  # [B, N]
                 if step == 0 and initial_scores is not None:
                     initial_scores.copy_(full_scores)
-            best = _screen(gram, full_scores, keys, state, step)  # [B, r] positions
+            best = _screen(products, full_scores, keys, state, step)  # [B, r] positions
             position = _rescore(atoms, score_scale, residual, state, best)
         else:
             scores = state.scores.abs().masked_fill_(state.is_taken, -1.0)
@@ -201,16 +298,21 @@ def solve_batch_screened(
         w = state.basis_scores[rows, :step, position].double()  # [B, step], q_j . atom
         # fp32 is plenty inside the selection (its Gram is bf16); the final refit is fp64.
         projection = torch.linalg.vecdot(atoms[atom], targets).double() * score_scale[atom]
-        diagonal = gram[atom, atom].double()
+        diagonal = products.diagonal(atom)
         is_usable = _extend_factor(state, w, diagonal, projection, step, is_active, rtol)
-        _gather_gram(gram, atom, state)
+        products.at_candidates(atom, position, state)  # G[atom, C] into state.gathered
         _extend_basis_scores(state, w, is_usable, step)
     indices = torch.where(is_active[:, None], state.indices, 0)
     return indices, refit_exact(atoms, indices, targets64, is_active), is_active
 
 
 def _new_selection(
-    n_rows: int, k: int, n_candidates: int, gram_dtype: torch.dtype, device: torch.device
+    n_rows: int,
+    k: int,
+    n_candidates: int,
+    score_dtype: torch.dtype,
+    device: torch.device,
+    row_width: int | None = None,
 ) -> _Selection:
     # Buffers are allocated once per batch and written in place: on CPU a fresh multi-MB
     # tensor per step costs page faults comparable to the step's arithmetic. Only the fit's
@@ -231,15 +333,23 @@ def _new_selection(
         scores=empty(n_rows, n_candidates, dtype=torch.float32),
         basis_scores=empty(n_rows, k, n_candidates, dtype=torch.float32),
         flat_index=empty(n_rows, n_candidates, dtype=torch.long),
-        gathered=empty(n_rows, n_candidates, dtype=gram_dtype),
+        gathered=empty(n_rows, n_candidates, dtype=score_dtype),
+        candidate_rows=(
+            None if row_width is None else empty(n_rows, n_candidates, row_width, dtype=score_dtype)
+        ),
+        candidate_gram=(
+            None if row_width is None else empty(n_rows, n_candidates, n_candidates, dtype=score_dtype)
+        ),
     )
 
 
-def _has_gram_screens(k: int, device: torch.device) -> bool:
+def _has_gram_screens(k: int, device: torch.device, n_atoms: int = 0) -> bool:
     """Whether a k-step solve on ``device`` runs a screen through the Gram (see
     ``_GRAM_SCREEN_MAX_STEP``). Example: k=64 on CPU -> True (steps 2 and 8); on CUDA -> False."""
     last = min(k - 1, _GRAM_SCREEN_MAX_STEP)
-    return device.type == "cpu" and any(is_screen_step(step) for step in range(1, last + 1))
+    return device.type == "cpu" and any(
+        is_screen_step(step, n_atoms) for step in range(1, last + 1)
+    )
 
 
 def _int_dtype(tensor: Tensor) -> torch.dtype:
@@ -303,7 +413,9 @@ def _row_chunks(n_rows: int, floats_per_row: int, device: torch.device) -> list[
     return [slice(start, start + size) for start in range(0, n_rows, size)]
 
 
-def _screen(gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step: int) -> Tensor:
+def _screen(
+    products: _AtomProducts, scores: Tensor, keys: Tensor, state: _Selection, step: int
+) -> Tensor:
     """Refresh the candidates from ``scores`` ([B, N], the residual against every atom).
 
     At step 0 the candidates are the best M atoms (:func:`_top_groups`); later screens replace
@@ -315,8 +427,9 @@ def _screen(gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step:
         candidates, candidate_keys = _top_groups(scores, keys, state.indices[:, :0], n_candidates)
         state.candidates.copy_(candidates)
         state.is_taken.copy_(candidate_keys < 0)
+        products.follow(state, None, candidates)
     else:
-        _replace_candidates(gram, scores, keys, state, step)
+        _replace_candidates(products, scores, keys, state, step)
     torch.gather(scores, 1, state.candidates, out=state.gathered)
     state.scores.copy_(state.gathered)
     magnitude = state.scores.abs().masked_fill_(state.is_taken, -1.0)
@@ -324,7 +437,7 @@ def _screen(gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step:
 
 
 def _replace_candidates(
-    gram: Tensor, scores: Tensor, keys: Tensor, state: _Selection, step: int
+    products: _AtomProducts, scores: Tensor, keys: Tensor, state: _Selection, step: int
 ) -> None:
     """Swap up to ``_N_REPLACED`` candidates per row for better atoms not yet followed.
 
@@ -351,19 +464,23 @@ def _replace_candidates(
     atoms = torch.where(is_replaced, newcomers, state.candidates.gather(1, slots))
     state.candidates.scatter_(1, slots, atoms)
     state.is_taken.scatter_(1, slots, state.is_taken.gather(1, slots) & ~is_replaced)
-    for part in _row_chunks(n_rows, step * n_replaced, scores.device):
-        _rebuild_basis_scores(gram, state, atoms[part], slots[part], part, step)
+    products.follow(state, slots, atoms)
+    # Without a Gram the products gather t + R rows of d numbers per row of the batch.
+    gathered = 0 if products.gram is not None else (step + n_replaced) * products.score_atoms.shape[1]
+    for part in _row_chunks(n_rows, step * n_replaced + gathered, scores.device):
+        _rebuild_basis_scores(products, state, atoms[part], slots[part], part, step)
 
 
 def _rebuild_basis_scores(
-    gram: Tensor, state: _Selection, atoms: Tensor, slots: Tensor, part: slice, step: int
+    products: _AtomProducts,
+    state: _Selection,
+    atoms: Tensor,
+    slots: Tensor,
+    part: slice,
+    step: int,
 ) -> None:
     """``V[:t, slots] = L^-1 G[I, atoms]`` for rows ``part``; ``atoms``/``slots`` [b, R]."""
-    n_rows, n_slots = atoms.shape
-    basis = torch.empty(n_rows, step, n_slots, dtype=torch.float32, device=atoms.device)
-    for j in range(step):
-        flat = atoms + (state.indices[part, j] * gram.shape[0]).unsqueeze(1)
-        basis[:, j] = gram.view(-1).index_select(0, flat.view(-1)).view(atoms.shape)
+    basis = products.between(state.indices[part, :step], atoms)  # [b, t, R] float32
     basis.mul_(state.is_usable[part, :step, None])  # a dependent atom adds no direction
     # L^-1 once ([b, t, t], small) then a product: on CPU a batched triangular solve with
     # R right-hand sides is several times slower than the equivalent bmm.
@@ -449,12 +566,6 @@ def _rescore(
     exact = torch.bmm(rows, residual.unsqueeze(2)).squeeze(2).abs() * score_scale[ids]
     exact.masked_fill_(state.is_taken.gather(1, best), -1.0)
     return best.gather(1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
-
-
-def _gather_gram(gram: Tensor, atom: Tensor, state: _Selection) -> None:
-    """``state.gathered[b] = gram[atom[b], candidates[b]]`` ([B, M]), one flat gather."""
-    torch.add(state.candidates, (atom * gram.shape[0]).unsqueeze(1), out=state.flat_index)
-    torch.index_select(gram.view(-1), 0, state.flat_index.view(-1), out=state.gathered.view(-1))
 
 
 def _extend_factor(

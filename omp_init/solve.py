@@ -45,7 +45,8 @@ class PassResult:
         residual_norm: [T] float32, ||target - combination|| in donor space.
         target_norm: [T] float32, ||target||.
         elapsed_s: wall time of this rank's solve.
-        algorithm: ``screened`` (Gram-screened candidates) or ``exact``, as chosen for the pass.
+        algorithm: ``screened`` (Gram-screened candidates), ``screened-no-gram`` (the same with
+            the inner products computed from the rows, when the Gram does not fit) or ``exact``.
     """
 
     indices: torch.Tensor | None
@@ -156,5 +157,4 @@ def solve_pass(
             ("target_norm", torch.float32, ()),
         )
     }
-    algorithm = "screened" if prepared.gram is not None else "exact"
-    return PassResult(elapsed_s=elapsed_s, algorithm=algorithm, **gathered)
+    return PassResult(elapsed_s=elapsed_s, algorithm=prepared.path_name, **gathered)

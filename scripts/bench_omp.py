@@ -143,7 +143,7 @@ def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean
     """Best-of-``rounds`` time and residual ratio of each screened variant, run alternately
     (this VM's speed drifts by +-15% between runs, so variants are timed side by side)."""
     saved = (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
-             omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL,
+             omp_screened._SCREEN_SCHEDULE, omp_screened._LARGE_SCREEN_SCHEDULE,
              omp_screened._GRAM_SCREEN_MAX_STEP)  # fmt: skip
     best: dict[str, dict] = {}
     try:
@@ -152,8 +152,9 @@ def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean
                 n_candidates, n_replaced, steps, *gram_steps = spec.split(":")
                 omp_screened._N_CANDIDATES, omp_screened._N_REPLACED = int(n_candidates), int(n_replaced)
                 omp_screened._GRAM_SCREEN_MAX_STEP = int(gram_steps[0]) if gram_steps else saved[4]
-                omp_screened._EARLY_SCREEN_STEPS = tuple(int(x) for x in steps.split(","))
-                omp_screened._SCREEN_INTERVAL = 1 << 30  # only the listed steps
+                # only the listed steps, whatever the dictionary's size
+                schedule = (tuple(int(x) for x in steps.split(",")), 1 << 30)
+                omp_screened._SCREEN_SCHEDULE = omp_screened._LARGE_SCREEN_SCHEDULE = schedule
                 result, seconds, _ = timed(
                     lambda: omp.solve_omp(prepared, targets, k, batch_size=batch, algorithm="screened"),
                     device,
@@ -165,7 +166,7 @@ def time_variants(specs, rounds, prepared, targets, k, batch, device, exact_mean
                                   "mean_residual_over_exact_fp32": round(ratio, 5)}  # fmt: skip
     finally:
         (omp_screened._N_CANDIDATES, omp_screened._N_REPLACED,
-         omp_screened._EARLY_SCREEN_STEPS, omp_screened._SCREEN_INTERVAL,
+         omp_screened._SCREEN_SCHEDULE, omp_screened._LARGE_SCREEN_SCHEDULE,
          omp_screened._GRAM_SCREEN_MAX_STEP) = saved  # fmt: skip
     return best
 
@@ -202,6 +203,12 @@ def main() -> None:
         "G: screens up to step G score through the Gram on CPU (default: the solver's, 8)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --screened-variants")
+    parser.add_argument(
+        "--no-gram",
+        action="store_true",
+        help="run the screened path without its Gram matrix (as for dictionaries whose Gram "
+        "does not fit in memory; chosen by itself when it does not)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -265,18 +272,28 @@ def main() -> None:
         add("exact_bf16_no_rescore", plain.relative_residual(), n_ref, seconds, cpu_s,
             plain.relative_residual())  # fmt: skip
 
+    # The Gram only where it fits the solver's own budget (an 18 GB Gram would not), as a
+    # transplant decides; --no-gram forces the screened path without it.
+    use_gram = not args.no_gram and omp_screened.gram_nbytes(
+        dictionary.shape[0], torch.bfloat16
+    ) <= omp._default_gram_budget(device)
     prepared, prepare_s, prepare_cpu_s = timed(
         lambda: omp.prepare_dictionary(
             dictionary, score_dtype=torch.bfloat16, algorithm="screened"
+        ) if use_gram else omp.prepare_dictionary(
+            dictionary, score_dtype=torch.bfloat16, n_targets=10**9, k=k, gram_memory_bytes=0
         ),
         device,
-    )
+    )  # fmt: skip
+    if prepared.algorithm != "screened":
+        raise SystemExit(f"the screened path does not apply to N={dictionary.shape[0]} atoms")
     screened, seconds, cpu_s = timed(
         lambda: omp.solve_omp(prepared, targets, k, batch_size=batch, algorithm="screened"),
         device,
     )
     add("screened_bf16", screened.relative_residual(), n_timed, seconds, cpu_s,
         screened.relative_residual()[:n_ref])  # fmt: skip
+    results["screened_bf16"]["path"] = prepared.path_name
     results["screened_bf16"]["prepare_gram_s"] = round(prepare_s, 3)
     results["screened_bf16"]["prepare_gram_cpu_s"] = round(prepare_cpu_s, 3)
     results["screened_bf16"]["extrapolated_full_with_gram_s"] = round(

@@ -4,10 +4,10 @@ Goddard & Fernandes Neto (2025) transplant a 151k-token vocabulary into 3584-wid
 about 110k shared tokens (the dictionary), 41k new ones (the targets), k=64. This script builds
 embedding-like rows of that shape on ``--device`` (a common offset, a decaying spectrum,
 log-normal norms), prepares the dictionary as ``solve.py`` would (``algorithm`` auto: the
-screened path when its [N, N] Gram fits the device's budget, else the exact path), solves a
-sample of ``--sample`` targets and extrapolates to all T, stating that it did. On a device
-where the Gram does not fit, it also times one block of Gram rows and extrapolates the time
-the whole Gram would take. Prints one JSON object with its command line and the machine.
+screened path, with its [N, N] Gram where that fits the device's budget and without it where
+not; the exact path where that is cheaper), solves a sample of ``--sample`` targets and
+extrapolates to all T, stating that it did. Where the Gram does not fit, it also times one
+block of Gram rows and extrapolates the time the whole Gram would take. Prints one JSON object with its command line and the machine.
 
     python scripts/bench_paper_shape.py --threads 2 --sample 32              # CPU
     python scripts/bench_paper_shape.py --device cuda --sample 4096          # one GPU
@@ -97,11 +97,6 @@ def main() -> None:
     targets = embedding_like_rows(args.sample, dim, parts, generator, device)
     budget = None if args.gram_memory_gib is None else int(args.gram_memory_gib * 2**30)
     budget_used = budget if budget is not None else omp._default_gram_budget(device)
-    chosen = args.algorithm
-    if chosen == "auto":
-        chosen = omp.choose_algorithm(
-            args.n_atoms, args.n_targets, args.k, score_dtype, device, budget
-        )
     gram_bytes = omp_screened.gram_nbytes(args.n_atoms, score_dtype)
 
     synchronize(device)
@@ -109,7 +104,7 @@ def main() -> None:
     prepared = omp.prepare_dictionary(
         dictionary,
         score_dtype=score_dtype,
-        algorithm=chosen,
+        algorithm=args.algorithm,
         n_targets=args.n_targets,
         k=args.k,
         gram_memory_bytes=budget,
@@ -131,7 +126,7 @@ def main() -> None:
             "k": args.k,
             "score_dtype": str(score_dtype),
         },
-        "algorithm": chosen,
+        "algorithm": prepared.path_name,
         "gram_bytes": gram_bytes,
         "gram_budget_bytes": budget_used,
         "prepare_s": round(prepare_s, 2),
@@ -142,7 +137,7 @@ def main() -> None:
         "extrapolated": f"from {args.sample} of {args.n_targets} targets, linear in T",
         "sample_mean_relative_residual": round(float(result.relative_residual().mean()), 5),
     }
-    if chosen == "exact" and gram_bytes > budget_used:
+    if prepared.gram is None and gram_bytes > budget_used:
         report["gram_if_it_fit"] = gram_block_estimate(prepared.score_atoms, device)
     print(json.dumps(report, indent=2))
 

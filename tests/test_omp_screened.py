@@ -225,7 +225,9 @@ def test_prepared_dictionary_is_reused_and_checked():
 def test_auto_choice_follows_size_and_memory():
     assert choose_algorithm(39234, 9911, 64, BF16, gram_memory_bytes=8 << 30) == "screened"
     assert choose_algorithm(39234, 300, 64, BF16, gram_memory_bytes=8 << 30) == "exact"
-    assert choose_algorithm(39234, 9911, 64, BF16, gram_memory_bytes=1 << 30) == "exact"
+    # A Gram too large for memory: the screened path without it, still far below k GEMM rows.
+    assert choose_algorithm(39234, 9911, 64, BF16, gram_memory_bytes=1 << 30) == "screened"
+    assert choose_algorithm(95968, 166061, 64, BF16, gram_memory_bytes=8 << 30) == "screened"
     assert choose_algorithm(1000, 10**6, 64, BF16, gram_memory_bytes=8 << 30) == "exact"
     small = prepare_dictionary(gaussian_problem()[0], n_targets=10**6)
     assert small.gram is None  # 300 atoms: the exact path is cheap anyway
@@ -281,6 +283,10 @@ def test_refit_is_the_fp64_least_squares_fit_for_clean_and_nearly_dependent_rows
 def test_screen_schedule():
     assert [s for s in range(64) if omp_screened.is_screen_step(s)] == [0, 2, 8, 16, 32, 48]
     assert omp_screened.n_screens(64) == 6 and omp_screened.n_screens(3) == 2
+    # a dictionary of over 65,536 atoms screens every 8 steps
+    large = [s for s in range(64) if omp_screened.is_screen_step(s, 95_968)]
+    assert large == [0, 2, 4, 8, 16, 24, 32, 40, 48, 56]
+    assert omp_screened.n_screens(64, 65_536) == 6 and omp_screened.n_screens(64, 65_537) == 10
 
 
 def test_early_screens_through_the_gram_give_the_residuals_scores(monkeypatch):
@@ -312,3 +318,34 @@ def test_gram_screens_pick_as_well_as_gemm_screens(few_candidates, monkeypatch):
     ratio = through_gram.relative_residual().mean() / through_gemm.relative_residual().mean()
     assert abs(ratio - 1) < 0.005
     assert (through_gram.indices[:, :2] == through_gemm.indices[:, :2]).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("score_dtype", [FP32, BF16])
+def test_without_a_gram_picks_like_with_one(few_candidates, monkeypatch, score_dtype):
+    # A dictionary whose Gram does not fit: the same selection, inner products from the rows.
+    dictionary, targets = embedding_like_problem()
+    without = prepare_dictionary(dictionary, score_dtype=score_dtype, n_targets=10**6, gram_memory_bytes=0)
+    assert without.gram is None and without.path_name == "screened-no-gram"
+    assert solve_omp(without, targets, 16, algorithm="screened").indices.shape == (100, 16)
+    monkeypatch.setattr(omp_screened, "_GRAM_SCREEN_MAX_STEP", 0)  # GEMM screens on both sides
+    with_gram = prepare_dictionary(dictionary, score_dtype=score_dtype, algorithm="screened")
+    assert with_gram.path_name == "screened"
+    expected = solve_omp(with_gram, targets, 16)
+    result = solve_omp(without, targets, 16)
+    # Products rounded by another kernel may break a near tie differently; nothing more.
+    assert (result.indices == expected.indices).float().mean() > 0.95
+    ratio = result.relative_residual().mean() / expected.relative_residual().mean()
+    assert abs(ratio - 1) < 0.005
+    exact = solve_omp(dictionary, targets, 16, score_dtype=FP32, algorithm="exact")
+    assert result.relative_residual().mean() / exact.relative_residual().mean() <= 1.02
+
+
+def test_without_a_gram_batches_keep_the_candidates_rows(few_candidates):
+    # The per-batch state holds the candidates' rows, [B, M, d], and the batch pick counts them.
+    plain = pick_batch_size(95968, 640, 64, algorithm="screened")
+    assert pick_batch_size(95968, 640, 64, algorithm="screened", has_gram=False) < plain
+    dictionary, targets = embedding_like_problem(n_targets=24)
+    prepared = prepare_dictionary(dictionary, score_dtype=BF16, n_targets=10**6, gram_memory_bytes=0)
+    whole = solve_omp(prepared, targets, 16, batch_size=24)
+    split = solve_omp(prepared, targets, 16, batch_size=5)
+    assert torch.equal(whole.indices, split.indices)
