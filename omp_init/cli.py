@@ -42,7 +42,7 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--tokenizer", help="take the new tokenizer from here (HF dir, tokenizer.json or .gguf) instead of the donor")
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default=defaults["method"], help="omp+fvt (default: half the OMP row, half the mean of the token's base pieces; lowest bits-per-byte measured, docs/quality.md), omp (OMP alone, the paper's), or a baseline for comparison")
+    method.add_argument("--method", choices=METHODS, default=defaults["method"], help="omp+fvt (default: half the OMP row, half the mean of the token's base pieces, on an untied base weighted towards the last piece for input rows and the first for lm_head rows; lowest bits-per-byte measured, docs/quality.md), omp (OMP alone, the paper's), or a baseline for comparison")
     method.add_argument("--k", type=int, default=defaults["k"], help="shared tokens combined per new token (default %(default)s)")
     method.add_argument("--special-map", help="JSON file mapping new special tokens to base tokens, e.g. {\"<|im_end|>\": \"<end_of_turn>\"}")
     method.add_argument(

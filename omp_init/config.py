@@ -60,8 +60,9 @@ class TransplantConfig:
         output: directory the new checkpoint is written to.
         tokenizer: take the new tokenizer from here instead of from ``donor``.
         k: number of shared tokens OMP combines per new token.
-        method: ``omp+fvt`` (default: half the OMP row, half the FVT row, see
-            ``baselines.omp_fvt_recipe``), ``omp`` (OMP alone, the paper's method) or one of
+        method: ``omp+fvt`` (default: half the OMP row, half the FVT row, the latter
+            position-weighted per matrix on an untied base; see ``baselines.omp_fvt_recipe``
+            and ``baselines.FVT_POSITION_POWER``), ``omp`` (OMP alone, the paper's method) or one of
             the baselines ``zero``, ``mean``, ``random``, ``fvt``.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
         special_map: JSON file mapping new special tokens to base tokens (by content).

@@ -10,6 +10,9 @@ Schema (version 1), all JSON-native:
 - ``residuals``: per pass (``embed``, ``lm_head``) statistics of the relative reconstruction
   residual ||target - combination|| / ||target|| in donor space, and the worst tokens
 - ``document_start``: what the transplanted tokenizer puts at the start of a document, and why
+- ``omp_fvt`` (method ``omp+fvt`` only): the OMP row's weight, and per matrix the FVT half's
+  piece-position power (``{"tied": 0}``: plain mean; untied ``{"embed": 1, "lm_head": -1}``:
+  towards the last piece for input rows, the first for output rows)
 - ``timings_s``: wall seconds of the steps ``load``, ``solve`` and ``write`` (the checkpoint write
   included) and ``total`` since the transplant was called; ``world_size``; ``device``
 - ``versions``: python, torch, transformers, tokenizers, safetensors

@@ -318,9 +318,26 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
     if not ctx.is_main:
         return None, None, {}
     if config.method == "omp+fvt":
-        fvt = baselines.fvt_recipe(_base_pieces(inputs))
-        recipes = {name: baselines.omp_fvt_recipe(recipe, fvt) for name, recipe in recipes.items()}
+        return _omp_fvt_recipes(inputs, recipes) + (residuals,)
     return recipes["embed"], recipes.get("lm_head", recipes["embed"]), residuals
+
+
+def _omp_fvt_recipes(inputs: _Inputs, omp_recipes: dict) -> tuple:
+    """(embed, lm_head) recipes of ``omp+fvt``: half OMP, half FVT, the FVT half weighted by
+    piece position per matrix on an untied base (``baselines.FVT_POSITION_POWER``)."""
+    pieces = _base_pieces(inputs)
+    omp_embed = omp_recipes["embed"]
+    omp_head = omp_recipes.get("lm_head", omp_embed)
+    if inputs.base_head is None:  # tied: one row serves as input and output
+        fvt = baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["tied"])
+        return baselines.omp_fvt_recipe(omp_embed, fvt), baselines.omp_fvt_recipe(omp_head, fvt)
+    embed = baselines.omp_fvt_recipe(
+        omp_embed, baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["embed"])
+    )
+    head = baselines.omp_fvt_recipe(
+        omp_head, baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["lm_head"])
+    )
+    return embed, head
 
 
 def _base_pieces(inputs: _Inputs) -> list[list[int]]:
@@ -396,6 +413,12 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         world_size=ctx.world_size,
         device=str(ctx.device),
     )
+    if config.method == "omp+fvt":
+        matrices = ("tied",) if inputs.base_head is None else ("embed", "lm_head")
+        report["omp_fvt"] = {
+            "omp_weight": baselines.OMP_FVT_WEIGHT,
+            "fvt_position_power": {name: baselines.FVT_POSITION_POWER[name] for name in matrices},
+        }
     # digits.py: the digit-split check (paper: GSM8K collapses when base and new tokenizer
     # cut numbers differently); logs a warning when they do.
     report["diagnostics"] = {

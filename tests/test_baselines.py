@@ -43,6 +43,14 @@ def test_fvt_averages_pieces_and_falls_back_to_mean():
     assert build_rows(recipe, MATRIX).tolist() == [[3.0, 1.0], [2.0, 2.0], [0.0, 4.0]]
 
 
+def test_fvt_position_power_leans_towards_the_last_or_first_piece():
+    # MATRIX rows 0 and 2 are [2, 0] and [4, 2]; weights 1:2 (power 1) and 2:1 (power -1)
+    towards_last = build_rows(fvt_recipe([[0, 2], [1]], position_power=1.0), MATRIX)
+    towards_first = build_rows(fvt_recipe([[0, 2], [1]], position_power=-1.0), MATRIX)
+    torch.testing.assert_close(towards_last, torch.tensor([[10 / 3, 4 / 3], [0.0, 4.0]]))
+    torch.testing.assert_close(towards_first, torch.tensor([[8 / 3, 2 / 3], [0.0, 4.0]]))
+
+
 def test_omp_recipe_maps_dictionary_rows_to_base_ids():
     # dictionary row 0 is base row 2, row 1 is base row 0, row 2 is base row 1
     recipe = omp_recipe(hand_omp_result(), torch.tensor([2, 0, 1]))

@@ -4,6 +4,7 @@ rows, tied/untied layouts, loadability, and every user error leaving nothing beh
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -85,11 +86,13 @@ def test_planted_combinations_carry_over_to_base(tmp_path, tmp_path_factory, byt
 
 @pytest.mark.parametrize("base_fixture", ["byte_bpe_model_dir", "byte_bpe_untied_model_dir"])
 def test_default_method_is_half_omp_half_fvt(request, tmp_path, base_fixture, sp_model_dir):
-    # omp+fvt: each built row is the mean of the OMP row and the FVT row (mean of the base rows
-    # of the token's base pieces); a token without base pieces keeps the OMP row alone.
-    from omp_init import transplant as transplant_module
+    # omp+fvt: each built row is the mean of the OMP row and the FVT row (the base rows of the
+    # token's base pieces; a tied base: their mean; an untied one: input rows weighted towards
+    # the last piece, lm_head rows towards the first); a token without pieces keeps OMP alone.
     from omp_init.config import TransplantConfig
 
+    # the module, not the function omp_init re-exports under the same name
+    transplant_module = importlib.import_module("omp_init.transplant")
     base_dir = request.getfixturevalue(base_fixture)
     rows = {}
     for method in ("omp+fvt", "omp", "fvt"):
@@ -98,11 +101,26 @@ def test_default_method_is_half_omp_half_fvt(request, tmp_path, base_fixture, sp
     config = TransplantConfig(base=str(base_dir), donor=str(sp_model_dir), output=str(tmp_path / "x"))
     inputs = transplant_module._load_inputs_here(config)
     built = torch.tensor(inputs.alignment.solve_new_ids)
-    has_pieces = torch.tensor([bool(p) for p in transplant_module._base_pieces(inputs)])
-    assert has_pieces.any() and len(built) > 10
-    for name in [EMBED] + ([HEAD] if HEAD in rows["omp"] else []):
+    pieces = transplant_module._base_pieces(inputs)
+    has_pieces = torch.tensor([bool(p) for p in pieces])
+    assert has_pieces.any() and len(built) > 10 and max(map(len, pieces)) > 1
+    base = _tensors(base_dir)
+    is_tied = HEAD not in rows["omp"]
+    powers = {EMBED: 0.0} if is_tied else {EMBED: 1.0, HEAD: -1.0}
+    assert json.loads((tmp_path / "omp+fvt" / "omp_init_report.json").read_text())["omp_fvt"] == {
+        "omp_weight": 0.5,
+        "fvt_position_power": {"tied": 0.0} if is_tied else {"embed": 1.0, "lm_head": -1.0},
+    }
+    for name, power in powers.items():
         omp, fvt, blend = (rows[m][name][built] for m in ("omp", "fvt", "omp+fvt"))
-        expected = torch.where(has_pieces[:, None], 0.5 * omp + 0.5 * fvt, omp)
+        weighted = torch.zeros_like(omp)  # the FVT half, by hand
+        for row, ids in enumerate(pieces):
+            if ids:
+                w = torch.arange(1, len(ids) + 1, dtype=torch.float32) ** power
+                weighted[row] = (w[:, None] * base[name][ids].float()).sum(0) / w.sum()
+        if power == 0.0:
+            torch.testing.assert_close(weighted[has_pieces], fvt[has_pieces], atol=1e-5, rtol=1e-4)
+        expected = torch.where(has_pieces[:, None], 0.5 * omp + 0.5 * weighted, omp)
         torch.testing.assert_close(blend, expected, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(blend[has_pieces], omp[has_pieces])  # really a mix
 
