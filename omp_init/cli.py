@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that warn when transformers imports them about optional parts omp-init never uses:
+# torchao (pulled in by axolotl) about its CUDA kernels on a CPU machine, and torch about the
+# enums torchao registers. Quiet below ERROR unless --log-level DEBUG.
+_IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def _configure_logging(level: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     # Rank 0 logs at the asked level; other ranks only warnings and errors (prefixed by rank).
@@ -226,6 +232,9 @@ def _configure_logging(level: str) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if level != "DEBUG":
+        for name in _IMPORT_NOISE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,3 +53,20 @@ def test_parser_fields_match_config():
     dests = {a.dest for a in sub._actions if a.dest != "help"}
     fields = {f.name for f in dataclasses.fields(TransplantConfig)}
     assert dests <= fields, dests - fields
+
+
+def test_import_noise_of_optional_libraries_is_quiet_unless_debug():
+    # torchao (from axolotl) warns about its CUDA kernels when transformers imports it.
+    import logging
+
+    from omp_init import cli
+
+    noisy = logging.getLogger("torchao")
+    try:
+        cli._configure_logging("INFO")
+        assert noisy.getEffectiveLevel() == logging.ERROR
+        noisy.setLevel(logging.NOTSET)
+        cli._configure_logging("DEBUG")
+        assert noisy.level == logging.NOTSET  # DEBUG leaves them as they are
+    finally:
+        noisy.setLevel(logging.NOTSET)
