@@ -179,7 +179,7 @@ def pick_batch_size(
     factor (k*k fp64) and a few d-vectors. Screened path: the score row, its keys and the
     step-0 scores (for the screens through the Gram), the candidates' basis scores (k*M fp32)
     and per-candidate state, the factor, a few d-vectors; without a Gram (``has_gram``
-    False) also the candidates' rows (M*d in ``score_dtype``).
+    False) also the candidates' rows and their Gram block (M*d + M*M in ``score_dtype``).
     Example: N=20000, d=896, k=64, bf16 -> about 1300 exact rows per GiB.
     """
     score_bytes = torch.empty((), dtype=score_dtype).element_size()
@@ -187,7 +187,7 @@ def pick_batch_size(
         n_candidates = min(omp_screened._N_CANDIDATES, n_atoms)
         per_row = 3 * n_atoms * score_bytes + n_candidates * (4 * k + 21 + score_bytes)
         if not has_gram:
-            per_row += n_candidates * dim * score_bytes
+            per_row += n_candidates * (dim + n_candidates) * score_bytes
     else:
         per_row = n_atoms * score_bytes + k * dim * (8 + 4)
     per_row += k * k * 8 + 8 * dim * 8
@@ -266,9 +266,9 @@ def choose_algorithm(
     In units of one scoring GEMM row (N*d multiply-adds) per target, the exact path costs k;
     the screened path ``n_screens(k) + k * _SCREENED_STEP_COST``, plus N/2 per pass for the
     Gram matrix. When the [N, N] Gram exceeds ``gram_memory_bytes`` the screened path runs
-    without it: no N/2, but each step takes M*d multiply-adds (counted twice, 2*M/N rows, for
-    the gathers around them). The screened path also needs more atoms than 16x its candidates
-    (below, the exact path is cheap anyway).
+    without it: no N/2, but the candidates' own Gram block and the rows gathered for it cost
+    about M*d multiply-adds per step on average (counted twice, 2*M/N rows). The screened path
+    also needs more atoms than 16x its candidates (below, the exact path is cheap anyway).
     Example: N=39,234, k=64, bf16 on a 23 GiB CPU: T=9,911 -> ``screened``; T=300 -> ``exact``;
     N=95,968 (an 18 GB Gram): T=166,061 -> ``screened`` (without the Gram).
     """
