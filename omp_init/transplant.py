@@ -322,22 +322,27 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
     return recipes["embed"], recipes.get("lm_head", recipes["embed"]), residuals
 
 
+def _fvt_weightings(inputs: _Inputs) -> tuple[str, str]:
+    """Keys of ``baselines.FVT_POSITION_POWER`` for the (embed, lm_head) rows: a tied base has
+    one row for both roles (``tied``), an untied one weights each matrix its own way."""
+    return ("tied", "tied") if inputs.base_head is None else ("embed", "lm_head")
+
+
 def _omp_fvt_recipes(inputs: _Inputs, omp_recipes: dict) -> tuple:
     """(embed, lm_head) recipes of ``omp+fvt``: half OMP, half FVT, the FVT half weighted by
-    piece position per matrix on an untied base (``baselines.FVT_POSITION_POWER``)."""
+    piece position per matrix (:func:`_fvt_weightings`)."""
     pieces = _base_pieces(inputs)
+    fvt = {
+        name: baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER[name])
+        for name in set(_fvt_weightings(inputs))
+    }
+    embed_weighting, head_weighting = _fvt_weightings(inputs)
     omp_embed = omp_recipes["embed"]
     omp_head = omp_recipes.get("lm_head", omp_embed)
-    if inputs.base_head is None:  # tied: one row serves as input and output
-        fvt = baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["tied"])
-        return baselines.omp_fvt_recipe(omp_embed, fvt), baselines.omp_fvt_recipe(omp_head, fvt)
-    embed = baselines.omp_fvt_recipe(
-        omp_embed, baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["embed"])
+    return (
+        baselines.omp_fvt_recipe(omp_embed, fvt[embed_weighting]),
+        baselines.omp_fvt_recipe(omp_head, fvt[head_weighting]),
     )
-    head = baselines.omp_fvt_recipe(
-        omp_head, baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER["lm_head"])
-    )
-    return embed, head
 
 
 def _base_pieces(inputs: _Inputs) -> list[list[int]]:
@@ -414,10 +419,11 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         device=str(ctx.device),
     )
     if config.method == "omp+fvt":
-        matrices = ("tied",) if inputs.base_head is None else ("embed", "lm_head")
         report["omp_fvt"] = {
             "omp_weight": baselines.OMP_FVT_WEIGHT,
-            "fvt_position_power": {name: baselines.FVT_POSITION_POWER[name] for name in matrices},
+            "fvt_position_power": {
+                name: baselines.FVT_POSITION_POWER[name] for name in dict.fromkeys(_fvt_weightings(inputs))
+            },
         }
     # digits.py: the digit-split check (paper: GSM8K collapses when base and new tokenizer
     # cut numbers differently); logs a warning when they do.

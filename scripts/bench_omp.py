@@ -272,21 +272,15 @@ def main() -> None:
         add("exact_bf16_no_rescore", plain.relative_residual(), n_ref, seconds, cpu_s,
             plain.relative_residual())  # fmt: skip
 
-    # The Gram only where it fits the solver's own budget (an 18 GB Gram would not), as a
-    # transplant decides; --no-gram forces the screened path without it.
-    use_gram = not args.no_gram and omp_screened.gram_nbytes(
-        dictionary.shape[0], torch.bfloat16
-    ) <= omp._default_gram_budget(device)
+    # prepare_dictionary builds the Gram only where it fits the solver's budget (an 18 GB Gram
+    # would not), as in a transplant; --no-gram gives it no budget at all.
     prepared, prepare_s, prepare_cpu_s = timed(
         lambda: omp.prepare_dictionary(
-            dictionary, score_dtype=torch.bfloat16, algorithm="screened"
-        ) if use_gram else omp.prepare_dictionary(
-            dictionary, score_dtype=torch.bfloat16, n_targets=10**9, k=k, gram_memory_bytes=0
+            dictionary, score_dtype=torch.bfloat16, algorithm="screened",
+            gram_memory_bytes=0 if args.no_gram else None,
         ),
         device,
     )  # fmt: skip
-    if prepared.algorithm != "screened":
-        raise SystemExit(f"the screened path does not apply to N={dictionary.shape[0]} atoms")
     screened, seconds, cpu_s = timed(
         lambda: omp.solve_omp(prepared, targets, k, batch_size=batch, algorithm="screened"),
         device,

@@ -7,7 +7,8 @@ log-normal norms), prepares the dictionary as ``solve.py`` would (``algorithm`` 
 screened path, with its [N, N] Gram where that fits the device's budget and without it where
 not; the exact path where that is cheaper), solves a sample of ``--sample`` targets and
 extrapolates to all T, stating that it did. Where the Gram does not fit, it also times one
-block of Gram rows and extrapolates the time the whole Gram would take. Prints one JSON object with its command line and the machine.
+block of Gram rows and extrapolates the time the whole Gram would take. Prints one JSON object
+with its command line and the machine.
 
     python scripts/bench_paper_shape.py --threads 2 --sample 32              # CPU
     python scripts/bench_paper_shape.py --device cuda --sample 4096          # one GPU
