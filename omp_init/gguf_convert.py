@@ -29,7 +29,7 @@ from .errors import MissingDependencyError, SourceError
 logger = logging.getLogger(__name__)
 
 # Bump when the conversion output changes (e.g. a new tokenizer fix), so old caches are redone.
-GGUF_CONVERTER_VERSION = 2  # 2: SentencePiece vocabularies get their BPE merges and BOS
+GGUF_CONVERTER_VERSION = 3  # 2: SentencePiece vocabularies get their BPE merges and BOS; 3: byte-level control tokens
 _MIB = 1 << 20
 
 # Known gaps of transformers' GGUF tokenizer conversion, keyed by `tokenizer.ggml.pre`.
@@ -112,8 +112,9 @@ def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", ...}, "add_bos_token": False,
         "add_eos_token": None, "add_space_prefix": None}``; ``pre``, ``model`` and the
         ``add_*`` flags may be None (not in the file), ``special_tokens`` has only the roles the
-        file names. SentencePiece files (``model`` ``"llama"``) also get ``"spm"``: their
-        ``tokens``, ``scores`` and token ``types``.
+        file names. ``added_pieces`` lists the control and user-defined tokens with their type,
+        e.g. ``[("<|fim_prefix|>", 3), ("<tool_call>", 4)]``. SentencePiece files (``model``
+        ``"llama"``) also get ``"spm"``: their ``tokens``, ``scores`` and token ``types``.
     """
     gguf = _require_gguf()
     try:
@@ -134,6 +135,12 @@ def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
     def flag_value(key: str) -> bool | None:
         return bool(fields[key].contents()) if key in fields else None
 
+    tokens = [str(t) for t in fields["tokenizer.ggml.tokens"].contents()] if "tokenizer.ggml.tokens" in fields else []
+    types = (
+        [int(x) for x in fields["tokenizer.ggml.token_type"].contents()]
+        if "tokenizer.ggml.token_type" in fields
+        else None
+    )
     header = {
         "architecture": text("general.architecture"),
         "model": text("tokenizer.ggml.model"),
@@ -142,15 +149,18 @@ def read_gguf_header(gguf_path: Path, flag: str = "--base") -> dict[str, Any]:
         "add_bos_token": flag_value("tokenizer.ggml.add_bos_token"),
         "add_eos_token": flag_value("tokenizer.ggml.add_eos_token"),
         "add_space_prefix": flag_value("tokenizer.ggml.add_space_prefix"),
+        "added_pieces": [
+            (token, kind)
+            for token, kind in zip(tokens, types or [], strict=False)
+            if kind in (_CONTROL, _USER_DEFINED)
+        ],
     }
     if header["model"] == "llama" and "tokenizer.ggml.scores" in fields:
         # SentencePiece vocabularies carry scores, not merges; the merges are rebuilt from them.
         header["spm"] = {
-            "tokens": [str(t) for t in fields["tokenizer.ggml.tokens"].contents()],
+            "tokens": tokens,
             "scores": [float(x) for x in fields["tokenizer.ggml.scores"].contents()],
-            "types": [int(x) for x in fields["tokenizer.ggml.token_type"].contents()]
-            if "tokenizer.ggml.token_type" in fields
-            else None,
+            "types": types,
         }
     return header
 
@@ -285,10 +295,11 @@ def fix_gguf_tokenizer(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any
     is applied only where the tokenizer lacks it, so the result is the same whichever
     transformers version did the conversion (5.16 and 5.23 lose different things):
 
-    - ``spm_merges``, ``spm_added_tokens``, ``spm_text`` (SentencePiece files: Gemma 3, Phi-3):
-      a BPE with merges rebuilt from the scores and byte fallback, control and user-defined
-      pieces as added tokens, spaces as ``▁`` (one in front where ``add_space_prefix`` says so)
-      and back;
+    - ``spm_merges``, ``spm_text`` (SentencePiece files: Gemma 3, Phi-3): a BPE with merges
+      rebuilt from the scores and byte fallback, spaces as ``▁`` (one in front where
+      ``add_space_prefix`` says so) and back;
+    - ``added_tokens``: control tokens as special added tokens, user-defined ones as added
+      words (Gemma's ``<start_of_turn>``, Qwen2.5's ``<|fim_prefix|>`` and ``<tool_call>``);
     - ``special_tokens``: bos/eos/pad/unk as the file's ids say (5.16 sets eos to the bos token);
     - ``document_tokens``: ``<bos>`` (``<eos>``) around every text where ``add_bos_token``
       (``add_eos_token``) says so;
@@ -443,26 +454,23 @@ def _fix_spm_merges(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) 
     return True
 
 
-def _fix_spm_added_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
-    """SentencePiece GGUFs: control pieces become special tokens, user-defined pieces whole words.
+def _fix_added_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, Any]) -> bool:
+    """Control tokens become special tokens, user-defined tokens whole words (any vocabulary).
 
     SentencePiece never cuts a user-defined piece (Gemma's ``"\\n\\n"``, ``"<table>"``) and
-    never produces a control piece (``<start_of_turn>``) from text; as added tokens they match
-    the raw text first, as in the original ``tokenizer.json``.
+    never produces a control piece (``<start_of_turn>``) from text; llama.cpp matches both in the
+    raw text first, as the original ``tokenizer.json`` does with its added tokens. transformers
+    5.16 keeps only the roles it names: Qwen2.5's ``<|fim_prefix|>`` came out as seven byte-level
+    pieces and ``<tool_call>`` as four, and a transplant between two Qwen2.5 sizes (identical
+    vocabularies) rebuilt those 19 rows instead of copying them.
     """
-    spm = header.get("spm")
-    if not spm or spm["types"] is None:
-        return False
+    pieces = header.get("added_pieces") or []
     backend = tokenizer.backend_tokenizer
     present = {added.content for added in backend.get_added_tokens_decoder().values()}
-    control, user_defined = [], []
-    for token, kind in zip(spm["tokens"], spm["types"], strict=True):
-        if token in present:
-            continue
-        if kind == _CONTROL:
-            control.append(AddedToken(token, special=True, normalized=False))
-        elif kind == _USER_DEFINED:
-            user_defined.append(AddedToken(token, special=False, normalized=False))
+    control = [AddedToken(t, special=True, normalized=False) for t, kind in pieces if kind == _CONTROL and t not in present]
+    user_defined = [
+        AddedToken(t, special=False, normalized=False) for t, kind in pieces if kind == _USER_DEFINED and t not in present
+    ]
     if control:
         backend.add_special_tokens(control)
     if user_defined:
@@ -538,7 +546,7 @@ def _fix_document_tokens(tokenizer: PreTrainedTokenizerFast, header: dict[str, A
 # In this order: the digit split goes in front of the pre-tokenizer the split-regex fix may set.
 _FIXES: list[tuple[str, Callable[[PreTrainedTokenizerFast, dict[str, Any]], bool]]] = [
     ("spm_merges", _fix_spm_merges),
-    ("spm_added_tokens", _fix_spm_added_tokens),
+    ("added_tokens", _fix_added_tokens),
     ("spm_text", _fix_spm_text),
     ("special_tokens", _fix_special_tokens),
     ("document_tokens", _fix_document_tokens),

@@ -107,12 +107,13 @@ def spm_reference_encode(text: str, tokenizer) -> list[int]:
 
 
 def build_tiny_gguf(
-    path: Path, tokenizer, *, arch: str, pre: str, tied: bool, seed: int = 0
+    path: Path, tokenizer, *, arch: str, pre: str, tied: bool, seed: int = 0, user_defined=frozenset()
 ) -> dict[str, torch.Tensor]:
     """Write a 2-layer F32 ``arch`` model with ``tokenizer``'s vocabulary as a GGUF.
 
     ``pre="spm"`` stores the vocabulary the way llama.cpp stores SentencePiece models (scores,
-    piece types, ``add_bos_token``, ``add_space_prefix``; no merges), else as byte-level BPE.
+    piece types, ``add_bos_token``, ``add_space_prefix``; no merges), else as byte-level BPE
+    (special tokens typed control, those in ``user_defined`` user-defined).
 
     Returns the transformers state dict it was written from.
     """
@@ -160,7 +161,8 @@ def build_tiny_gguf(
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list([token for token, _ in vocab])
-        writer.add_token_types([3 if token in specials else 1 for token, _ in vocab])  # 3: control
+        # llama.cpp's types: 3 control, 4 user-defined, 1 normal
+        writer.add_token_types([3 if t in specials else 4 if t in user_defined else 1 for t, _ in vocab])
         writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
@@ -274,6 +276,29 @@ def test_gguf_tokenizer_fixes(tmp_path, byte_bpe_tokenizer, arch, pre):
             assert _pre_tokens(tokenizer, "a  1") == ["a", "ĠĠ", "1"]
 
 
+def test_byte_level_gguf_keeps_control_and_user_defined_tokens(tmp_path, byte_bpe_tokenizer):
+    """Qwen2.5's ``<|fim_prefix|>`` (control) and ``<tool_call>`` (user-defined) stay whole.
+
+    transformers keeps only the special tokens it has a role for; without the fix the text
+    ``<|fim_prefix|>`` came out as byte-level pieces, and a transplant whose base has the
+    original tokenizer rebuilt those rows instead of copying them.
+    """
+    original = copy.deepcopy(byte_bpe_tokenizer)
+    original.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|fim_prefix|>"]})
+    original.add_tokens(["<tool_call>"])
+    gguf_path = tmp_path / "tiny.gguf"
+    build_tiny_gguf(gguf_path, original, arch="qwen2", pre="qwen2", tied=False, user_defined={"<tool_call>"})
+    source = resolve_model(str(gguf_path), role="donor", cache_dir=tmp_path / "cache")
+    fixes = json.loads((source.local_dir / "omp_init_gguf.json").read_text())["tokenizer_fixes"]
+    assert "added_tokens" in fixes
+    converted = load_tokenizer(source.local_dir, role="donor")
+    text = "<|fim_prefix|>def f():<tool_call> x"
+    assert converted(text).input_ids == original(text).input_ids
+    fim, tool = original.convert_tokens_to_ids(["<|fim_prefix|>", "<tool_call>"])
+    assert converted(text).input_ids[0] == fim and tool in converted(text).input_ids
+    assert converted.decode(converted(text).input_ids, skip_special_tokens=True) == "def f():<tool_call> x"
+
+
 def test_gguf_sentencepiece_vocabulary(tmp_path, sp_tokenizer):
     """A SentencePiece GGUF (scores, no merges) encodes like SentencePiece's BPE, ``<s>`` first,
     also after the conversion is saved and loaded back (Gemma 3's case: transformers alone cut
@@ -372,6 +397,10 @@ def test_real_gguf(tmp_path, file_name, is_tied, needed_fix):
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer("cafe\u0301").input_ids == tokenizer("café").input_ids or is_tied
     assert _pre_tokens(tokenizer, " 2025") == ["Ġ", "2", "0", "2", "5"]
+    # control tokens stay whole: SmolLM2's <repo_name> (id 3), Qwen2.5's <|fim_prefix|> (151659)
+    marker, marker_id = ("<repo_name>", 3) if is_tied else ("<|fim_prefix|>", 151659)
+    assert tokenizer(marker + "x").input_ids[0] == marker_id
+    assert tokenizer.added_tokens_decoder[marker_id].special
 
 
 @pytest.mark.slow
