@@ -299,7 +299,10 @@ def _lookup_bytes(vocab: VocabBytes, data: bytes, new_id: int, is_byte_piece: bo
 
 
 def _match_special(vocab: VocabBytes, content: str, roles: list[str], new_id: int):
-    """(id, how, role) of the special in ``vocab`` matching a new special, by content then role."""
+    """(id, how, role) of the token in ``vocab`` matching a new special: a special with the same
+    content, then a special with a shared role, then an ordinary token spelled like the content
+    if that spelling is a marker (one side kept ``<tool_call>`` as text, e.g. a GGUF conversion
+    or an added token left to normalization)."""
     if vocab.special_content_by_id.get(new_id) == content:
         return new_id, "special_content", None
     if content in vocab.special_id_by_content:
@@ -307,7 +310,19 @@ def _match_special(vocab: VocabBytes, content: str, roles: list[str], new_id: in
     for role in roles:
         if role in vocab.specials_by_role:
             return vocab.specials_by_role[role], "special_role", role
+    if looks_like_marker(content) and (token_id := vocab.id_by_bytes.get(content.encode())) is not None:
+        return token_id, "special_content", None
     return None
+
+
+def _special_spelled(vocab: VocabBytes, data: bytes) -> int | None:
+    """The special of ``vocab`` whose content is the marker ``data`` (an ordinary token of the
+    new vocabulary spelled ``<|fim_prefix|>``), or None for text such as ``<s>`` or ``\\n\\n``."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    return vocab.special_id_by_content.get(text) if looks_like_marker(text) else None
 
 
 def _resolve_special_map(
@@ -374,8 +389,12 @@ def _place(
     is_byte_piece = new_id in new.byte_fallback_ids
     if (base_id := _lookup_bytes(base, data, new_id, is_byte_piece)) is not None:
         return _Placement("copy", base_id, "bytes")
+    if (base_id := _special_spelled(base, data)) is not None:
+        return _Placement("copy", base_id, "special_content")
     if (donor_id := _lookup_bytes(donor, data, new_id, is_byte_piece)) is not None:
         return _Placement("solve", donor_id, "bytes")
+    if (donor_id := _special_spelled(donor, data)) is not None:
+        return _Placement("solve", donor_id, "special_content")
     return _Placement("fallback")
 
 
@@ -397,8 +416,11 @@ def align_vocabularies(
 
     Ordinary tokens match by exact bytes. A new special matches, in order: its ``special_map``
     entry (wins over everything), a base special with identical content, a base special with a
-    shared role (``specials.roles_of``); failing those, a donor special by content or role gives
-    the row to solve. Several new tokens may copy one base row (a base whose bos == eos).
+    shared role (``specials.roles_of``), a base ordinary token spelled like the special if that
+    spelling is a marker; failing those, a donor token found the same way gives the row to
+    solve. A marker that is an ordinary token on the new side (``<|fim_prefix|>`` as text) matches
+    a special with that content after the bytes lookup. Several new tokens may copy one base row
+    (a base whose bos == eos).
 
     Args:
         base: the model whose rows are kept.

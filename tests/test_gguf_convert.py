@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_builders import build_tiny_llama
 from tokenizers import models
 from transformers import AutoModelForCausalLM
 
-from omp_init import gguf_convert
+from omp_init import gguf_convert, transplant
 from omp_init.errors import MissingDependencyError, SourceError
 from omp_init.gguf_convert import fix_gguf_tokenizer
 from omp_init.sources import load_tokenizer, resolve_model
@@ -297,6 +298,11 @@ def test_byte_level_gguf_keeps_control_and_user_defined_tokens(tmp_path, byte_bp
     fim, tool = original.convert_tokens_to_ids(["<|fim_prefix|>", "<tool_call>"])
     assert converted(text).input_ids[0] == fim and tool in converted(text).input_ids
     assert converted.decode(converted(text).input_ids, skip_special_tokens=True) == "def f():<tool_call> x"
+    # Same vocabulary, one side from the original tokenizer, one from the GGUF: nothing to build.
+    base_dir = build_tiny_llama(original, tmp_path / "hf", tied=False)
+    result = transplant(base=str(base_dir), donor=str(gguf_path), output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    assert result.report["vocab"]["solved"] == 0
+    assert result.report["vocab"]["copied"] == len(original)
 
 
 def test_gguf_sentencepiece_vocabulary(tmp_path, sp_tokenizer):

@@ -241,6 +241,20 @@ def test_specials_match_by_content_then_role(bbpe, sp):
     assert [m.new_content for m in alignment.role_matches()] == ["<|endoftext|>", "<|im_end|>"]
 
 
+def test_a_marker_kept_as_text_on_one_side_matches_the_special_on_the_other():
+    # A GGUF conversion or an added token left to normalization keeps a marker as text.
+    base = _vocab([b"a", b"<tool_call>", "<|fim_prefix|>", b"<s>"])
+    new = _vocab([b"a", "<tool_call>", b"<|fim_prefix|>", "<s>"], {"bos": 3})
+    alignment = align_vocabularies(base, new, new)
+    assert list(zip(alignment.copy_new_ids, alignment.copy_base_ids, alignment.copy_how, strict=True)) == [
+        (0, 0, "bytes"),
+        (1, 1, "special_content"),
+        (2, 2, "special_content"),
+    ]
+    # "<s>" is also HTML text (Gemma's strikethrough tag): a BOS never takes a text row.
+    assert (alignment.solve_new_ids, alignment.solve_donor_ids) == ([3], [3])
+
+
 def test_base_with_bos_equal_to_eos_serves_both(sp):
     gpt2_like = _vocab([b"a", "<|endoftext|>", b" x"], {"bos": 1, "eos": 1, "unk": 1})
     alignment = align_vocabularies(gpt2_like, sp, sp)
