@@ -276,6 +276,11 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
       the donor's lm_head space (two passes).
     """
     alignment = inputs.alignment
+    if config.method in OMP_METHODS and not alignment.solve_new_ids:
+        # Every new row is copied (same vocabulary): no dictionary to prepare, no pass to run.
+        logger.info("no new token to build: every row is copied")
+        nothing = baselines.zero_recipe(0)
+        return nothing, nothing, {}
     if config.method not in OMP_METHODS:
         pieces = _base_pieces(inputs) if config.method == "fvt" else None
         recipe = baselines.make_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)

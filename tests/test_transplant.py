@@ -177,6 +177,7 @@ def test_same_tokenizer_changes_no_weight(tmp_path, byte_bpe_model_dir, byte_bpe
     out = tmp_path / "out"
     result = _run(byte_bpe_model_dir, byte_bpe_untied_model_dir, out)
     assert result.report["vocab"]["solved"] == 0
+    assert result.report["residuals"] == {}  # no OMP pass ran
     new, base = _tensors(out), _tensors(byte_bpe_model_dir)
     assert new.keys() == base.keys()
     for name in base:
