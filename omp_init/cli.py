@@ -60,6 +60,13 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
         help="combine raw rows as in the paper instead of centered rows (an affine combination that keeps the rows' "
         "common component; the default, measured better in docs/quality.md)",
     )
+    method.add_argument(
+        "--no-norm-cap",
+        dest="norm_cap",
+        action="store_false",
+        help="keep OMP rows longer than the base's 99.9th-percentile row norm as they are (by default they are "
+        "scaled down to it: one such row can take probability at every position, docs/quality.md)",
+    )
     method.add_argument("--seed", type=int, default=defaults["seed"], help="seed of --method random")
     rows = parser.add_argument_group("rows written")
     rows.add_argument("--vocab-size", type=int, help="pad the embedding rows to exactly this many (e.g. a draft matching its target)")

@@ -47,6 +47,7 @@ _RESULT_FIELDS = (
     "document_start",
     "dtype",
     "center",
+    "norm_cap",
 )
 
 
@@ -82,6 +83,8 @@ class TransplantConfig:
         center: run OMP on rows minus the dictionary mean and rebuild base rows as the base
             dictionary mean plus the same combination (an affine combination); False is the
             paper's plain combination, kept for comparison.
+        norm_cap: scale down OMP-built rows longer than the base matrix's 99.9th-percentile row
+            norm (``baselines.ROW_NORM_CAP_QUANTILE``); False keeps the plain least-squares rows.
     """
 
     base: str
@@ -105,6 +108,7 @@ class TransplantConfig:
     cache_dir: str | None = None
     resume: bool = True
     center: bool = True
+    norm_cap: bool = True
 
     def __post_init__(self) -> None:
         problems = _find_problems(self)

@@ -10,6 +10,8 @@ Schema (version 1), all JSON-native:
 - ``residuals``: per pass (``embed``, ``lm_head``) statistics of the relative reconstruction
   residual ||target - combination|| / ||target|| in donor space, and the worst tokens
 - ``document_start``: what the transplanted tokenizer puts at the start of a document, and why
+- ``row_norm_cap`` (OMP methods): per matrix the norm cap (the base's 99.9th-percentile row
+  norm) and how many built rows were scaled down to it
 - ``omp_fvt`` (method ``omp+fvt`` only): the OMP row's weight, and per matrix the FVT half's
   piece-position power (``{"tied": 0}``: plain mean; untied ``{"embed": 1, "lm_head": -1}``:
   towards the last piece for input rows, the first for output rows)
@@ -131,5 +133,8 @@ def summarize(report: dict[str, Any]) -> str:
                 f"  {name} residual (relative, donor space): mean {stats['mean_relative']:.3f}"
                 f"  median {stats['median_relative']:.3f}  p90 {stats['p90_relative']:.3f}"
             )
+    for name, capped in report.get("row_norm_cap", {}).items():
+        if capped["capped"]:
+            lines.append(f"  {name}: {capped['capped']:,} built rows scaled down to the norm cap {capped['cap']:.4g}")
     lines.append(f"  total time: {report['timings_s'].get('total', 0.0):.1f} s on {report['world_size']} rank(s), {report['device']}")
     return "\n".join(lines)

@@ -371,16 +371,37 @@ def _target_rows(config: TransplantConfig, new_size: int) -> int:
     return rows
 
 
-def _assemble(base_matrix: torch.Tensor, recipe, alignment: vocab.VocabAlignment, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """New matrix [n_rows, d_base]: copied rows bit-exact, built rows from the recipe, the rest the mean."""
+def _assemble(
+    base_matrix: torch.Tensor, recipe, alignment: vocab.VocabAlignment, n_rows: int, dtype: torch.dtype, *, cap_norms: bool
+) -> tuple[torch.Tensor, dict | None]:
+    """New matrix [n_rows, d_base]: copied rows bit-exact, built rows from the recipe, the rest the mean.
+
+    With ``cap_norms`` (OMP methods) no built row is longer than the base's
+    ``baselines.ROW_NORM_CAP_QUANTILE`` row norm; the second value says what was capped.
+    """
     mean_row = base_matrix.float().mean(0)
     # [n_rows, d_base]; padding rows (beyond the tokenizer) and fallback rows start as the mean
     new = mean_row.to(dtype).expand(n_rows, -1).clone()
     if alignment.copy_new_ids:
         new[torch.tensor(alignment.copy_new_ids)] = base_matrix[torch.tensor(alignment.copy_base_ids)].to(dtype)
+    capped = None
     if alignment.solve_new_ids:
-        new[torch.tensor(alignment.solve_new_ids)] = baselines.build_rows(recipe, base_matrix).to(dtype)
-    return new
+        built = baselines.build_rows(recipe, base_matrix)
+        if cap_norms:
+            quantile = baselines.ROW_NORM_CAP_QUANTILE
+            cap = baselines.row_norm_cap(base_matrix, quantile)
+            capped = {"quantile": quantile, "cap": round(cap, 6), "capped": baselines.cap_row_norms(built, cap)}
+        new[torch.tensor(alignment.solve_new_ids)] = built.to(dtype)
+    return new, capped
+
+
+def _log_norm_caps(norm_caps: dict) -> None:
+    for name, capped in norm_caps.items():
+        if capped and capped["capped"]:
+            logger.info(
+                "%s: %d built rows were longer than the base's %g quantile row norm (%.4g); scaled down to it",
+                name, capped["capped"], capped["quantile"], capped["cap"],
+            )  # fmt: skip
 
 
 def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, fingerprint, timer: _Timer, ctx) -> dict:
@@ -389,10 +410,12 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
     new_size = len(inputs.new_tokenizer)
     n_rows = _target_rows(config, new_size)
     dtype = inputs.base_embed.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
-    embed = _assemble(inputs.base_embed, recipe_embed, alignment, n_rows, dtype)
-    head = None
+    cap_norms = config.norm_cap and config.method in OMP_METHODS
+    embed, capped_embed = _assemble(inputs.base_embed, recipe_embed, alignment, n_rows, dtype, cap_norms=cap_norms)
+    head, norm_caps = None, {"embed": capped_embed}
     if inputs.base_head is not None:
-        head = _assemble(inputs.base_head, recipe_head, alignment, n_rows, dtype)
+        head, norm_caps["lm_head"] = _assemble(inputs.base_head, recipe_head, alignment, n_rows, dtype, cap_norms=cap_norms)
+    _log_norm_caps(norm_caps)
     tok = inputs.new_tokenizer
     special_ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     counts = alignment.counts()
@@ -423,6 +446,8 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         world_size=ctx.world_size,
         device=str(ctx.device),
     )
+    if any(norm_caps.values()):
+        report["row_norm_cap"] = {name: capped for name, capped in norm_caps.items() if capped}
     if config.method == "omp+fvt":
         report["omp_fvt"] = {
             "omp_weight": baselines.OMP_FVT_WEIGHT,

@@ -8,11 +8,13 @@ import torch
 from omp_init.baselines import (
     RowRecipe,
     build_rows,
+    cap_row_norms,
     fvt_recipe,
     make_recipe,
     mean_recipe,
     omp_recipe,
     random_recipe,
+    row_norm_cap,
     zero_recipe,
 )
 from omp_init.errors import ConfigError
@@ -135,3 +137,12 @@ def test_omp_fvt_recipe_mixes_halves_and_keeps_omp_where_fvt_has_no_pieces():
     torch.testing.assert_close(build_rows(mixed, matrix)[0], 0.5 * omp_rows[0] + 0.5 * fvt_rows[0])
     torch.testing.assert_close(build_rows(mixed, matrix)[1], omp_rows[1])
     assert mixed.method == "omp+fvt" and mixed.n_mean_fallback == 0
+
+
+def test_row_norm_cap_and_capping():
+    matrix = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0], [6.0, 8.0]])  # norms 5, 1, 2, 10
+    assert row_norm_cap(matrix, 0.0) == 1.0 and row_norm_cap(matrix, 1.0) == 10.0
+    assert row_norm_cap(matrix, 0.5) == 5.0  # of 1, 2, 5, 10: index round(1.5) = 2
+    rows = matrix.clone()
+    assert cap_row_norms(rows, 4.0) == 2
+    torch.testing.assert_close(rows, torch.tensor([[2.4, 3.2], [0.0, 1.0], [0.0, 2.0], [2.4, 3.2]]))

@@ -77,7 +77,7 @@ def _plant(tmp_path_factory, base_dir, donor_dir, *, centered: bool):
 def test_planted_combinations_carry_over_to_base(tmp_path, tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered):
     donor, plans = _plant(tmp_path_factory, byte_bpe_model_dir, sp_model_dir, centered=centered)
     out = tmp_path / "out"
-    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32", center=centered, method="omp")
+    result = _run(byte_bpe_model_dir, donor, out, score_dtype="float32", center=centered, method="omp", norm_cap=False)
     new_embed = _tensors(out)[EMBED]
     for new_id, expected in plans:
         torch.testing.assert_close(new_embed[new_id], expected, atol=1e-4, rtol=1e-4)
@@ -96,7 +96,7 @@ def test_default_method_is_half_omp_half_fvt(request, tmp_path, base_fixture, sp
     base_dir = request.getfixturevalue(base_fixture)
     rows = {}
     for method in ("omp+fvt", "omp", "fvt"):
-        _run(base_dir, sp_model_dir, tmp_path / method, method=method, score_dtype="float32")
+        _run(base_dir, sp_model_dir, tmp_path / method, method=method, score_dtype="float32", norm_cap=False)
         rows[method] = _tensors(tmp_path / method)
     config = TransplantConfig(base=str(base_dir), donor=str(sp_model_dir), output=str(tmp_path / "x"))
     inputs = transplant_module._load_inputs_here(config)
@@ -149,6 +149,28 @@ def test_untied_base_gets_both_matrices(tmp_path, byte_bpe_untied_model_dir, sp_
     assert not torch.equal(new[EMBED], new[HEAD])
     # untied donor: each base matrix got its own OMP pass in the matching donor space
     assert set(result.report["residuals"]) == {"embed", "lm_head"}
+
+
+def test_built_rows_are_capped_at_the_base_norm_quantile(tmp_path, monkeypatch, byte_bpe_untied_model_dir, sp_model_dir):
+    # The default quantile (0.999) rarely bites on random tiny models; the median surely does.
+    from omp_init import baselines
+
+    monkeypatch.setattr(baselines, "ROW_NORM_CAP_QUANTILE", 0.5)
+    out = tmp_path / "out"
+    result = _run(byte_bpe_untied_model_dir, sp_model_dir, out)
+    built = torch.tensor(_alignment(byte_bpe_untied_model_dir, sp_model_dir).solve_new_ids)
+    new, base = _tensors(out), _tensors(byte_bpe_untied_model_dir)
+    caps = result.report["row_norm_cap"]
+    assert set(caps) == {"embed", "lm_head"}
+    for key, name in ((EMBED, "embed"), (HEAD, "lm_head")):
+        norms = base[key].float().norm(dim=1).sort().values
+        assert caps[name]["quantile"] == 0.5
+        assert caps[name]["cap"] == pytest.approx(float(norms[round(0.5 * (len(norms) - 1))]), rel=1e-5)
+        built_norms = new[key][built].float().norm(dim=1)
+        assert 0 < caps[name]["capped"] < len(built)
+        assert int((built_norms > caps[name]["cap"] * (1 - 1e-5)).sum()) >= caps[name]["capped"]
+        assert float(built_norms.max()) <= caps[name]["cap"] * (1 + 1e-5)
+    assert "scaled down to the norm cap" in result.summary()
 
 
 def test_output_loads_and_generates(tmp_path, byte_bpe_model_dir, sp_model_dir):

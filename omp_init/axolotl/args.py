@@ -98,6 +98,9 @@ class OmpInitArgs(BaseModel):
     omp_init_center: bool | None = _key(
         "Solve OMP on rows minus the dictionary mean (default true); false for the paper's plain combination."
     )
+    omp_init_norm_cap: bool | None = _key(
+        "Scale down OMP rows longer than the base's 99.9th-percentile row norm (default true)."
+    )
     omp_init_train_new_rows_only: bool | None = _key(
         "Train only the embedding (and lm_head) rows the transplant built: the copied rows' "
         "gradients are masked, so they stay the base model's. For an embeddings-only first stage; "
@@ -204,7 +207,7 @@ def flags_to_keys(message: str) -> str:
 
     def rename(match: re.Match) -> str:
         name = match.group(1).replace("-", "_")
-        if name.startswith("no_") and name[3:] in TRANSPLANT_FIELDS:  # --no-resume, --no-center
+        if name.startswith("no_") and name[3:] in TRANSPLANT_FIELDS:  # --no-resume, --no-center, --no-norm-cap
             return f"{KEY_PREFIX}{name[3:]}: false"
         return KEY_PREFIX + name if name in TRANSPLANT_FIELDS else match.group(0)
 
