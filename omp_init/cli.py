@@ -64,7 +64,7 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
         "--no-norm-cap",
         dest="norm_cap",
         action="store_false",
-        help="keep OMP rows longer than the base's 99.9th-percentile row norm as they are (by default they are "
+        help="keep rows built by omp+fvt or omp that are longer than the base's 99.9th-percentile row norm as they are (by default they are "
         "scaled down to it: one such row can take probability at every position, docs/quality.md)",
     )
     method.add_argument("--seed", type=int, default=defaults["seed"], help="seed of --method random")
