@@ -396,6 +396,7 @@ def _assemble(
 
 
 def _log_norm_caps(norm_caps: dict) -> None:
+    """One INFO line per matrix whose built rows the norm cap scaled (the report keeps the counts)."""
     for name, capped in norm_caps.items():
         if capped and capped["capped"]:
             logger.info(
