@@ -170,17 +170,17 @@ OMP_FVT_WEIGHT = 0.5
 FVT_POSITION_POWER = {"embed": 1.0, "lm_head": -1.0, "tied": 0.0}
 
 
-# OMP rows longer than this quantile of the base matrix's own row norms are scaled down to it.
-# The least-squares fit of an odd donor row (an under-trained token such as Qwen2.5's
-# " YYSTACK") can come out ten times longer than any real row; in a tied model such a row
-# takes probability at every position. Gemma 3 270M ← Qwen2.5's tokenizer: 37 of 55,964 rows
-# capped, all ten texts 3.16 -> 1.50 bits per byte (docs/quality.md).
+# Rows built by ``omp+fvt`` / ``omp`` longer than this quantile of the base matrix's own row
+# norms are scaled down to it. The least-squares fit of an odd donor row (an under-trained
+# token such as Qwen2.5's " YYSTACK") can come out ten times longer than any real row; in a
+# tied model such a row takes probability at every position. Gemma 3 270M <- Qwen2.5's
+# tokenizer: 33 of 55,964 rows capped, all ten texts 3.16 -> 1.50 bits per byte (docs/quality.md).
 ROW_NORM_CAP_QUANTILE = 0.999
 
 
 def row_norm_cap(matrix: Tensor, quantile: float = ROW_NORM_CAP_QUANTILE) -> float:
-    """The ``quantile`` of ``matrix``'s row norms (rows taken in chunks, fp32), e.g. 1.032 for
-    Gemma 3 270M's embedding, whose rows all have norm ~1.03."""
+    """The ``quantile`` of ``matrix``'s row norms (rows taken in chunks, fp32), e.g. 1.034 at
+    0.999 for Gemma 3 270M's embedding, whose rows all have norm ~1.03."""
     norms = torch.cat(
         [matrix[s : s + _CHUNK_ROWS].float().norm(dim=1) for s in range(0, matrix.shape[0], _CHUNK_ROWS)]
     )

@@ -310,8 +310,9 @@ def _match_special(vocab: VocabBytes, content: str, roles: list[str], new_id: in
     for role in roles:
         if role in vocab.specials_by_role:
             return vocab.specials_by_role[role], "special_role", role
-    if looks_like_marker(content) and (token_id := vocab.id_by_bytes.get(content.encode())) is not None:
-        return token_id, "special_content", None
+    if looks_like_marker(content):
+        if (token_id := _lookup_bytes(vocab, content.encode(), new_id, is_byte_piece=False)) is not None:
+            return token_id, "special_content", None
     return None
 
 

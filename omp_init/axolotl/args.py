@@ -99,7 +99,8 @@ class OmpInitArgs(BaseModel):
         "Solve OMP on rows minus the dictionary mean (default true); false for the paper's plain combination."
     )
     omp_init_norm_cap: bool | None = _key(
-        "Scale down OMP rows longer than the base's 99.9th-percentile row norm (default true)."
+        "Scale rows built by omp+fvt / omp that are longer than the base's 99.9th-percentile row norm "
+        "down to it (default true)."
     )
     omp_init_train_new_rows_only: bool | None = _key(
         "Train only the embedding (and lm_head) rows the transplant built: the copied rows' "
