@@ -16,6 +16,7 @@ from .errors import (
     MissingDependencyError,
     OmpInitError,
     OutputExistsError,
+    OutputSpaceError,
     ResumeMismatchError,
     SourceError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "MissingDependencyError",
     "AlignmentError",
     "OutputExistsError",
+    "OutputSpaceError",
     "ResumeMismatchError",
     "DistributedError",
     "__version__",

@@ -10,6 +10,7 @@ rows to ``omp.py``/``baselines.py``; the report's content to ``report.py``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from .errors import ConfigError, OutputExistsError, SourceError
+from .errors import ConfigError, OutputExistsError, OutputSpaceError, SourceError
 from .saved_tokenizer import pin_tokenizer_class
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,60 @@ def check_output_path(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+# Files written beside the weights (tokenizer, config, report) and filesystem slack.
+_OUTPUT_SLACK_BYTES = 64 * 2**20
+
+
+def estimate_output_bytes(base_dir: str | Path, layout: EmbeddingLayout, n_rows: int, dtype: torch.dtype) -> int:
+    """Bytes :func:`write_checkpoint` will write: the base's weight files with the embedding
+    matrices resized to ``n_rows`` rows of ``dtype`` (a tied base's redundant lm_head dropped),
+    plus slack for the tokenizer and JSON files.
+
+    Example: SmolLM2-135M (fp32 files, 538 MB, tied, 49,152 rows of 576) with 151,936 rows
+    -> about 538 + 237 + 64 MiB.
+    """
+    base_dir = Path(base_dir)
+    total = sum((base_dir / name).stat().st_size for name in layout.weight_files)
+    old_row = layout.hidden_size * layout.dtype.itemsize
+    new_matrix = n_rows * layout.hidden_size * dtype.itemsize
+    total += new_matrix - layout.vocab_rows * old_row
+    if layout.lm_head_name:
+        total -= layout.vocab_rows * old_row  # rewritten below (untied) or dropped (tied)
+        if not layout.is_tied:
+            total += new_matrix
+    return max(total, 0) + _OUTPUT_SLACK_BYTES
+
+
+def check_free_space(out: str | Path, needed_bytes: int) -> None:
+    """Fail before the OMP work, not after it, when ``out``'s disk cannot take the checkpoint.
+
+    Raises:
+        OutputSpaceError: the nearest existing parent of ``out`` has less than ``needed_bytes`` free.
+    """
+    out = Path(out)
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < needed_bytes:
+        raise OutputSpaceError(
+            f"--output {out}: the new checkpoint needs about {_gib(needed_bytes)} and {parent} has "
+            f"{_gib(free)} free; free some space or choose an --output on another disk."
+        )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from Python, or from safetensors' Rust writer (which reports it as text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)
+
+
 def write_checkpoint(
     base_dir: str | Path,
     out_dir: str | Path,
@@ -270,6 +325,7 @@ def write_checkpoint(
     Raises:
         OutputExistsError: ``out_dir`` exists and ``overwrite`` is False.
         ConfigError: ``out_dir`` is, or contains, ``base_dir``.
+        OutputSpaceError: the disk filled up (the partial files are removed first).
     """
     base_dir, out_dir = Path(base_dir), check_output_path(out_dir, overwrite)
     if out_dir.resolve() == base_dir.resolve() or out_dir.resolve() in base_dir.resolve().parents:
@@ -304,8 +360,14 @@ def write_checkpoint(
                 raise ValueError(f"extra_json names must be plain file names, got {name!r}")
             (tmp / name).write_text(json.dumps(payload, indent=2, default=str) + "\n")
         _move_into_place(tmp, out_dir, overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(exc):
+            free = shutil.disk_usage(out_dir.absolute().parent).free
+            raise OutputSpaceError(
+                f"--output {out_dir}: the disk filled up while writing the checkpoint ({_gib(free)} free "
+                "after removing the partial files); free some space or choose an --output on another disk."
+            ) from exc
         raise
     logger.info("wrote %s", out_dir)
     return out_dir

@@ -31,6 +31,10 @@ class OutputExistsError(OmpInitError):
     """The output directory exists and ``--overwrite`` was not given."""
 
 
+class OutputSpaceError(OmpInitError):
+    """The disk that would hold the output directory has too little free space."""
+
+
 class ResumeMismatchError(OmpInitError):
     """Saved partial results were made with different inputs or options."""
 

@@ -180,7 +180,7 @@ def _load_inputs(config: TransplantConfig, ctx: DistContext) -> _Inputs:
     """Steps 1-3. Rank 0 goes first so a ``.gguf`` is converted once, then the others read it."""
     def attempt() -> tuple[_Inputs | None, OmpInitError | None]:
         try:
-            return _load_inputs_here(config), None
+            return _load_inputs_here(config, writes=ctx.is_main), None
         except OmpInitError as exc:
             return None, exc
 
@@ -193,7 +193,9 @@ def _load_inputs(config: TransplantConfig, ctx: DistContext) -> _Inputs:
     return inputs
 
 
-def _load_inputs_here(config: TransplantConfig) -> _Inputs:
+def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
+    """Resolve, align and read everything the solve needs; ``writes``: this rank writes the
+    output, so it also checks the disk has room for it (before the OMP work, not after)."""
     checkpoint.check_output_path(config.output, config.overwrite)
     special_map = load_special_map(config.special_map) if config.special_map else None
     common = {"allow_pickle": config.allow_pickle, "trust_remote_code": config.trust_remote_code, "cache_dir": config.cache_dir}
@@ -216,6 +218,12 @@ def _load_inputs_here(config: TransplantConfig) -> _Inputs:
 
     base_layout = checkpoint.locate_embeddings(base.local_dir, base.config, role="base")
     donor_layout = checkpoint.locate_embeddings(donor.local_dir, donor.config, role="donor")
+    if writes:
+        out_dtype = base_layout.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+        n_rows = _target_rows(config, len(new_tokenizer))
+        checkpoint.check_free_space(
+            config.output, checkpoint.estimate_output_bytes(base.local_dir, base_layout, n_rows, out_dtype)
+        )
     base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
     donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
     _check_rows(config.base, "base", base_embed, alignment.copy_base_ids + alignment.dict_base_ids)

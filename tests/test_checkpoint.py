@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from omp_init import checkpoint
@@ -19,7 +20,7 @@ from omp_init.checkpoint import (
     read_embeddings,
     write_checkpoint,
 )
-from omp_init.errors import ConfigError, OutputExistsError, SourceError
+from omp_init.errors import ConfigError, OutputExistsError, OutputSpaceError, SourceError
 
 MODEL_FIXTURES = [
     "byte_bpe_model_dir",
@@ -272,6 +273,54 @@ def test_failure_mid_write_leaves_nothing(
         _write(sp_tied_sharded_model_dir, parent / "out", byte_bpe_tokenizer)
     assert len(calls) == 2
     assert list(parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "disk_full",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+    ids=["python", "safetensors"],
+)
+def test_disk_full_mid_write_is_a_clear_error(
+    tmp_path, monkeypatch, sp_tied_sharded_model_dir, byte_bpe_tokenizer, disk_full
+):
+    """A full disk is the user's to fix: one-line OutputSpaceError, partial files removed."""
+    real_save_file = checkpoint.save_file
+    calls = []
+
+    def filling_save_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise disk_full
+        return real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling_save_file)
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    with pytest.raises(OutputSpaceError, match=r"disk filled up.*GiB free.*another disk") as info:
+        _write(sp_tied_sharded_model_dir, parent / "out", byte_bpe_tokenizer)
+    assert "\n" not in str(info.value) and "--output" in str(info.value)
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("fixture", MODEL_FIXTURES)
+def test_estimate_output_bytes_matches_what_is_written(request, tmp_path, fixture, byte_bpe_tokenizer):
+    """The free-space check's estimate is the written weights' size (headers aside) plus slack."""
+    base = request.getfixturevalue(fixture)
+    layout, embed_in, _ = _write(base, tmp_path / "out", byte_bpe_tokenizer)
+    written = sum((tmp_path / "out" / name).stat().st_size for name in layout.weight_files)
+    estimate = checkpoint.estimate_output_bytes(base, layout, embed_in.shape[0], embed_in.dtype)
+    assert abs(estimate - checkpoint._OUTPUT_SLACK_BYTES - written) < 4096 * len(layout.weight_files)
+
+
+def test_check_free_space(tmp_path, monkeypatch):
+    out = tmp_path / "not" / "yet" / "there"
+    checkpoint.check_free_space(out, 1)
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(OutputSpaceError, match=r"^--output .*needs about .* GiB and .* free; free some space"):
+        checkpoint.check_free_space(out, free + 2**40)
 
 
 def test_failure_with_overwrite_keeps_old_output(

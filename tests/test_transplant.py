@@ -17,7 +17,14 @@ from tiny_builders import build_tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from omp_init import AlignmentError, OmpInitError, OutputExistsError, SourceError, transplant
+from omp_init import (
+    AlignmentError,
+    OmpInitError,
+    OutputExistsError,
+    OutputSpaceError,
+    SourceError,
+    transplant,
+)
 from omp_init.vocab import align_vocabularies, token_bytes
 
 EMBED = "model.embed_tokens.weight"
@@ -260,6 +267,18 @@ def test_existing_output_needs_overwrite(tmp_path, byte_bpe_model_dir, sp_model_
     assert (out / "keep.txt").read_text() == "mine"
     _run(byte_bpe_model_dir, sp_model_dir, out, overwrite=True)
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+
+
+def test_too_little_disk_space_fails_before_the_solve(tmp_path, monkeypatch, byte_bpe_model_dir, sp_model_dir):
+    """The free-space check runs before any OMP work and leaves nothing behind."""
+    checkpoint = importlib.import_module("omp_init.checkpoint")
+    solve = importlib.import_module("omp_init.transplant")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    monkeypatch.setattr(solve, "_plan_rows", lambda *a, **k: pytest.fail("solved before the space check"))
+    with pytest.raises(OutputSpaceError, match=r"--output .*needs about 0\.\d\d GiB and .* has 0\.00 GiB free"):
+        _run(byte_bpe_model_dir, sp_model_dir, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def _word_level_model(tmp_path, words, name):
