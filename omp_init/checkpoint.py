@@ -10,7 +10,6 @@ rows to ``omp.py``/``baselines.py``; the report's content to ``report.py``.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from .errors import ConfigError, OutputExistsError, OutputSpaceError, SourceError
+from .errors import ConfigError, OutputExistsError, OutputSpaceError, SourceError, is_disk_full
 from .saved_tokenizer import pin_tokenizer_class
 
 logger = logging.getLogger(__name__)
@@ -270,14 +269,6 @@ def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC from Python, or from safetensors' Rust writer (which reports it as text)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)
-
-
 def write_checkpoint(
     base_dir: str | Path,
     out_dir: str | Path,
@@ -362,7 +353,7 @@ def write_checkpoint(
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             free = shutil.disk_usage(out_dir.absolute().parent).free
             raise OutputSpaceError(
                 f"--output {out_dir}: the disk filled up while writing the checkpoint ({_gib(free)} free "

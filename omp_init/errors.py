@@ -6,6 +6,8 @@ with the value, then the fix, naming the flag or key. ``omp_init.cli`` prints su
 without a traceback and exits with status 2; any other exception is a bug.
 """
 
+import errno
+
 
 class OmpInitError(Exception):
     """Base class of every error a user can cause and fix."""
@@ -41,3 +43,14 @@ class ResumeMismatchError(OmpInitError):
 
 class DistributedError(OmpInitError):
     """A rank failed or the process group is inconsistent; the message names the rank."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python, or from safetensors' Rust writer (which reports it as text).
+
+    A full disk is the user's to fix, so writers turn it into :class:`OutputSpaceError`.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from tokenizers import models
 from transformers import AutoModelForCausalLM
 
 from omp_init import gguf_convert, transplant
-from omp_init.errors import MissingDependencyError, SourceError
+from omp_init.errors import MissingDependencyError, OutputSpaceError, SourceError
 from omp_init.gguf_convert import fix_gguf_tokenizer
 from omp_init.sources import load_tokenizer, resolve_model
 
@@ -225,6 +226,22 @@ def test_gguf_converted_once_and_reused(tmp_path, monkeypatch, byte_bpe_tokenize
     # Touching the file changes the key.
     os.utime(gguf_path, ns=(1, 1))
     assert gguf_convert._gguf_cache_path(gguf_path, cache) != source.local_dir
+
+
+def test_gguf_conversion_that_fills_the_disk_is_a_clear_error(tmp_path, monkeypatch, byte_bpe_tokenizer):
+    """A full cache disk names --cache-dir and leaves no partial conversion to be reused."""
+    gguf_path = tmp_path / "in" / "tiny.gguf"
+    gguf_path.parent.mkdir()
+    build_tiny_gguf(gguf_path, byte_bpe_tokenizer, arch="llama", pre="smollm", tied=True)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf_convert.PreTrainedTokenizerFast, "save_pretrained", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(OutputSpaceError, match=r"^--base .*disk filled up.*GiB free.*--cache-dir"):
+        resolve_model(str(gguf_path), role="base", cache_dir=cache)
+    assert _listing(cache / "gguf") == []
 
 
 def _pre_tokens(tokenizer, text: str) -> list[str]:
