@@ -58,7 +58,9 @@ from .omp_exact import refit_exact
 # is_screen_step): 0, 2, 8, 16, 32, 48 of k=64. On the real rows at N=39,234
 # (docs/performance.md) the mean residual is then 0.4-0.6% above the exact path's (M=192);
 # screening every 24 steps instead of 16 costs 0.25-0.7% more, (0, 4, 12, 32) 1-2%; screening
-# at 1 and 4 too buys < 0.1%.
+# at 1 and 4 too buys < 0.1%. Those are raw rows; on the centered rows a transplant solves it is
+# 0.4-2.1% above exact, and screening every 8 steps (0.06-0.36%) left bits per byte no lower
+# (docs/performance.md, "Centered rows").
 _SCREEN_SCHEDULE = ((0, 2, 8), 16)
 # A larger dictionary offers more atoms that overtake the followed ones between screens: on the
 # real Qwen2.5 <- Gemma 3 rows (N=95,968, d=640) the schedule above ends 2.7% above the exact
