@@ -24,7 +24,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from .errors import ConfigError, OutputExistsError, OutputSpaceError, SourceError, is_disk_full
+from .errors import (
+    ConfigError,
+    OutputExistsError,
+    OutputSpaceError,
+    SourceError,
+    disk_filled_error,
+    gib,
+    is_disk_full,
+)
 from .saved_tokenizer import pin_tokenizer_class
 
 logger = logging.getLogger(__name__)
@@ -215,9 +223,7 @@ def check_output_path(out: str | Path, overwrite: bool) -> Path:
             raise OutputExistsError(
                 f"--output {out} is a file, not a directory; remove it or choose another directory."
             )
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = _nearest_existing_parent(out)
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--output {out}: {parent} is not writable; choose another directory.")
     return out
@@ -254,19 +260,21 @@ def check_free_space(out: str | Path, needed_bytes: int) -> None:
         OutputSpaceError: the nearest existing parent of ``out`` has less than ``needed_bytes`` free.
     """
     out = Path(out)
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = _nearest_existing_parent(out)
     free = shutil.disk_usage(parent).free
     if free < needed_bytes:
         raise OutputSpaceError(
-            f"--output {out}: the new checkpoint needs about {_gib(needed_bytes)} and {parent} has "
-            f"{_gib(free)} free; free some space or choose an --output on another disk."
+            f"--output {out}: the new checkpoint needs about {gib(needed_bytes)} and {parent} has "
+            f"{gib(free)} free; free some space or choose an --output on another disk."
         )
 
 
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
+def _nearest_existing_parent(out: Path) -> Path:
+    """The directory ``out`` would be created in, or its nearest ancestor that exists."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
 
 
 def write_checkpoint(
@@ -354,10 +362,9 @@ def write_checkpoint(
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc):
-            free = shutil.disk_usage(out_dir.absolute().parent).free
-            raise OutputSpaceError(
-                f"--output {out_dir}: the disk filled up while writing the checkpoint ({_gib(free)} free "
-                "after removing the partial files); free some space or choose an --output on another disk."
+            raise disk_filled_error(
+                f"--output {out_dir}", "writing the checkpoint", out_dir.absolute().parent,
+                "free some space or choose an --output on another disk.",
             ) from exc
         raise
     logger.info("wrote %s", out_dir)

@@ -7,6 +7,8 @@ without a traceback and exits with status 2; any other exception is a bug.
 """
 
 import errno
+import shutil
+from pathlib import Path
 
 
 class OmpInitError(Exception):
@@ -54,3 +56,20 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)
+
+
+def gib(n_bytes: int) -> str:
+    """``3.5e9`` -> ``"3.26 GiB"``: sizes in disk-space messages."""
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def disk_filled_error(subject: str, doing: str, directory: str | Path, fix: str) -> OutputSpaceError:
+    """The one-line error for a disk that filled up mid-write, with what is free now.
+
+    Call it after the partial files are removed, so the free space it reports is real.
+    Example: ``disk_filled_error("--output out", "writing the checkpoint", "runs", "free some space")``.
+    """
+    free = shutil.disk_usage(directory).free
+    return OutputSpaceError(
+        f"{subject}: the disk filled up while {doing} ({gib(free)} free after removing the partial files); {fix}"
+    )

@@ -24,7 +24,7 @@ import transformers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from .errors import MissingDependencyError, OutputSpaceError, SourceError, is_disk_full
+from .errors import MissingDependencyError, SourceError, disk_filled_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -250,11 +250,9 @@ def _write_conversion(gguf_path: Path, local_dir: Path, flag: str) -> None:
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc):
-            free = shutil.disk_usage(local_dir.parent).free / 2**30
-            raise OutputSpaceError(
-                f"{flag} {str(gguf_path)!r}: the disk filled up while converting it into {local_dir.parent} "
-                f"({free:.2f} GiB free after removing the partial files; the fp32 conversion needs about 4 bytes "
-                "per parameter); free some space or pass --cache-dir on another disk."
+            raise disk_filled_error(
+                f"{flag} {str(gguf_path)!r}", f"converting it into {local_dir.parent}", local_dir.parent,
+                "the fp32 conversion needs about 4 bytes per parameter; free some space or pass --cache-dir on another disk.",
             ) from exc
         raise
 
