@@ -219,8 +219,8 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
     base_layout = checkpoint.locate_embeddings(base.local_dir, base.config, role="base")
     donor_layout = checkpoint.locate_embeddings(donor.local_dir, donor.config, role="donor")
     if writes:
-        out_dtype = base_layout.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         n_rows = _target_rows(config, len(new_tokenizer))
+        out_dtype = _output_dtype(config, base_layout.dtype)
         checkpoint.check_free_space(
             config.output, checkpoint.estimate_output_bytes(base.local_dir, base_layout, n_rows, out_dtype)
         )
@@ -379,6 +379,11 @@ def _target_rows(config: TransplantConfig, new_size: int) -> int:
     return rows
 
 
+def _output_dtype(config: TransplantConfig, base_dtype: torch.dtype) -> torch.dtype:
+    """dtype of the written embeddings: ``--dtype``, or the base's with ``auto``."""
+    return base_dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+
+
 def _assemble(
     base_matrix: torch.Tensor, recipe, alignment: vocab.VocabAlignment, n_rows: int, dtype: torch.dtype, *, cap_norms: bool
 ) -> tuple[torch.Tensor, dict | None]:
@@ -418,7 +423,7 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
     alignment = inputs.alignment
     new_size = len(inputs.new_tokenizer)
     n_rows = _target_rows(config, new_size)
-    dtype = inputs.base_embed.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+    dtype = _output_dtype(config, inputs.base_embed.dtype)
     cap_norms = config.norm_cap and config.method in OMP_METHODS
     embed, capped_embed = _assemble(inputs.base_embed, recipe_embed, alignment, n_rows, dtype, cap_norms=cap_norms)
     head, norm_caps = None, {"embed": capped_embed}
