@@ -307,7 +307,7 @@ def format_summary(result: dict[str, Any], n_examples: int = 4) -> str:
             overlap["special_solved_count"],
             _examples(overlap["special_solved"], n_examples),
         ),
-        ("no base or donor row (mean)", overlap["fallback"], _examples(ex["fallback"], n_examples)),
+        ("no base or donor row", overlap["fallback"], _examples(ex["fallback"], n_examples)),
         (
             "  of which specials",
             overlap["special_unmatched_count"],
@@ -322,6 +322,11 @@ def format_summary(result: dict[str, Any], n_examples: int = 4) -> str:
     lines.append(
         f"  OMP dictionary (base and donor tokens with the same bytes): {overlap['dictionary_size']:,}"
     )
+    if overlap["fallback"]:
+        lines.append(
+            "  no base or donor row: omp+fvt builds each such token with bytes as half the mean row and half its "
+            "FVT row (the base's pieces); specials, and every one under --method omp, keep the mean row"
+        )
 
     lines += ["", "Digit splitting ('|' marks a token boundary inside a number)"]
     probes = [(repr(p), digits["base"]["probes"][p], digits["new"]["probes"][p]) for p in PROBES]

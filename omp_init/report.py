@@ -6,7 +6,10 @@ Schema (version 1), all JSON-native:
 - ``config``: the resolved :class:`TransplantConfig`
 - ``inputs``: base / donor / tokenizer sources (kind, path, identity)
 - ``vocab``: sizes (base, donor, new, written rows) and counts of copied / solved / fallback /
-  padding tokens, specials matched and how
+  padding tokens, specials matched and how; ``fallback_built``: fallback tokens (no base or
+  donor row, only with a ``--tokenizer`` that is not the donor's) that the method built anyway
+  (``omp+fvt``: half the FVT row, half the mean row; ``fvt``: the FVT row; ``zero`` / ``random``
+  their own rows); the rest of the fallback rows are the mean
 - ``residuals``: per pass (``embed``, ``lm_head``) statistics of the relative reconstruction
   residual ||target - combination|| / ||target|| in donor space, and the worst tokens
 - ``document_start``: what the transplanted tokenizer puts at the start of a document, and why
@@ -35,6 +38,8 @@ REPORT_NAME = "omp_init_report.json"
 # training that should move only the built rows (the axolotl plugin's
 # omp_init_train_new_rows_only): {"rows": n_rows, "copied_ids": [sorted new-vocabulary ids]}.
 ROWS_NAME = "omp_init_rows.json"
+# How each method builds a fallback token (no base or donor row) that has bytes.
+_FALLBACK_BUILDER = {"omp+fvt": "half FVT (the base's pieces) + half the mean row", "fvt": "FVT (the base's pieces)"}
 
 
 def rows_record(n_rows: int, copied_ids: list[int]) -> dict:
@@ -127,6 +132,11 @@ def summarize(report: dict[str, Any]) -> str:
         f"  copied from base: {vocab['copied']:,}  built by {report['config']['method']}: {vocab['solved']:,}"
         f"  fallback: {vocab['fallback']:,}  padding: {vocab['padding']:,}",
     ]
+    if vocab.get("fallback_built") and report["config"]["method"] != "mean":
+        lines.append(
+            f"  {vocab['fallback_built']:,} fallback tokens (no base or donor row) built as "
+            f"{_FALLBACK_BUILDER.get(report['config']['method'], report['config']['method'])}; the others are the mean row"
+        )
     for name, stats in report["residuals"].items():
         if stats.get("count"):
             lines.append(

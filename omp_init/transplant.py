@@ -133,13 +133,13 @@ def transplant(config: TransplantConfig | None = None, **kwargs: Any) -> Transpl
             store.prepare()
         barrier(ctx)
         with timer.step("solve"):
-            recipe_embed, recipe_head, residuals = _plan_rows(config, inputs, ctx, store)
+            row_plans, residuals = _plan_rows(config, inputs, ctx, store)
         report = None
         error: BaseException | None = None
         if ctx.is_main:
             try:
                 with timer.step("write"):
-                    report = _write(config, inputs, recipe_embed, recipe_head, residuals, fingerprint, timer, ctx)
+                    report = _write(config, inputs, row_plans, residuals, fingerprint, timer, ctx)
                 store.remove()
             except BaseException as exc:  # re-raised below, after the other ranks hear of it
                 error = exc
@@ -274,8 +274,9 @@ def _check_rows(spec: str, role: str, matrix: torch.Tensor, ids: list[int]) -> N
         )
 
 
-def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
-    """Step 4: how each new row is built, per base matrix. Returns (embed recipe, head recipe, residual stats).
+def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore) -> tuple[list[_RowPlan] | None, dict]:
+    """Step 4: how each new row is built. Returns (row plans, residual stats); rank 0 only
+    gets the plans (the other ranks only help solve).
 
     Which donor space serves which base matrix:
     - base tied: only the input embedding is written -> OMP in the donor's input space;
@@ -284,15 +285,16 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
       the donor's lm_head space (two passes).
     """
     alignment = inputs.alignment
-    if config.method in OMP_METHODS and not alignment.solve_new_ids:
-        # Every new row is copied (same vocabulary): no dictionary to prepare, no pass to run.
-        logger.info("no new token to build: every row is copied")
-        nothing = baselines.zero_recipe(0)
-        return nothing, nothing, {}
     if config.method not in OMP_METHODS:
-        pieces = _base_pieces(inputs) if config.method == "fvt" else None
-        recipe = baselines.make_recipe(config.method, len(alignment.solve_new_ids), pieces=pieces, seed=config.seed)
-        return recipe, recipe, {}
+        # A baseline reads no donor row, so it builds the tokens without one too.
+        new_ids = alignment.solve_new_ids + _without_donor_row(inputs)
+        pieces = _base_pieces(inputs, new_ids) if config.method == "fvt" else None
+        recipe = baselines.make_recipe(config.method, len(new_ids), pieces=pieces, seed=config.seed)
+        return [_RowPlan(new_ids, recipe, recipe)], {}
+    if not alignment.solve_new_ids:
+        # No new token has a donor row (same vocabulary): no dictionary to prepare, no pass to run.
+        logger.info("no new token for OMP to build")
+        return ([_fallback_plan(config, inputs)] if ctx.is_main else None), {}
     dict_donor = torch.tensor(alignment.dict_donor_ids, dtype=torch.long)
     solve_donor = torch.tensor(alignment.solve_donor_ids, dtype=torch.long)
     dict_base = torch.tensor(alignment.dict_base_ids, dtype=torch.long)
@@ -329,10 +331,30 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore):
             }
     barrier(ctx)
     if not ctx.is_main:
-        return None, None, {}
+        return None, residuals
     if config.method == "omp+fvt":
-        return _omp_fvt_recipes(inputs, recipes) + (residuals,)
-    return recipes["embed"], recipes.get("lm_head", recipes["embed"]), residuals
+        solved = _RowPlan(alignment.solve_new_ids, *_omp_fvt_recipes(inputs, recipes))
+    else:
+        solved = _RowPlan(alignment.solve_new_ids, recipes["embed"], recipes.get("lm_head", recipes["embed"]))
+    return [solved, _fallback_plan(config, inputs)], residuals
+
+
+def _fallback_plan(config, inputs: _Inputs) -> _RowPlan:
+    """Rows of the new tokens without a donor row (:func:`_without_donor_row`) under an OMP
+    method: ``omp+fvt`` gives them half the mean row and half its FVT row (weighted per matrix as
+    in :func:`_omp_fvt_recipes`; ``baselines.no_donor_row_recipe``), which measured 3-11% lower
+    bits per byte than the mean row alone on two real pairs (docs/quality.md, "Tokens no donor
+    has"); ``omp``, the paper's method, leaves them the mean row."""
+    if config.method != "omp+fvt":
+        return _RowPlan([], baselines.zero_recipe(0), baselines.zero_recipe(0))
+    new_ids = _without_donor_row(inputs)
+    pieces = _base_pieces(inputs, new_ids)
+    recipes = {
+        name: baselines.no_donor_row_recipe(baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER[name]))
+        for name in set(_fvt_weightings(inputs))
+    }
+    embed_weighting, head_weighting = _fvt_weightings(inputs)
+    return _RowPlan(new_ids, recipes[embed_weighting], recipes[head_weighting])
 
 
 def _fvt_weightings(inputs: _Inputs) -> tuple[str, str]:
@@ -358,10 +380,31 @@ def _omp_fvt_recipes(inputs: _Inputs, omp_recipes: dict) -> tuple:
     )
 
 
-def _base_pieces(inputs: _Inputs) -> list[list[int]]:
-    """Per new token to build, the base ids the base tokenizer cuts its bytes into (for FVT)."""
-    new_bytes = [inputs.new_bytes.bytes_by_id[i] for i in inputs.alignment.solve_new_ids]
+def _base_pieces(inputs: _Inputs, new_ids: list[int] | None = None) -> list[list[int]]:
+    """Per new token (default: those OMP solves), the base ids the base tokenizer cuts its
+    bytes into (for FVT)."""
+    ids = inputs.alignment.solve_new_ids if new_ids is None else new_ids
+    new_bytes = [inputs.new_bytes.bytes_by_id[i] for i in ids]
     return vocab.base_pieces(new_bytes, inputs.base_tokenizer, inputs.base_bytes)
+
+
+def _without_donor_row(inputs: _Inputs) -> list[int]:
+    """New tokens with bytes that neither the base nor the donor has (only when ``--tokenizer``
+    is not the donor's): OMP has no target for them, but the base can still spell them, so
+    ``omp+fvt`` and ``fvt`` build them from the base's pieces (:func:`_fallback_plan`). Specials
+    without a counterpart have no bytes and keep the mean row."""
+    bytes_by_id = inputs.new_bytes.bytes_by_id
+    return [i for i in inputs.alignment.fallback_new_ids if bytes_by_id[i]]
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """Rows built by one pair of recipes: ``new_ids[t]`` gets row t of ``embed`` (input
+    embedding) and of ``head`` (lm_head, when the base has one)."""
+
+    new_ids: list[int]
+    embed: baselines.RowRecipe
+    head: baselines.RowRecipe
 
 
 def _label(new_bytes: vocab.VocabBytes, new_id: int) -> str:
@@ -385,9 +428,16 @@ def _output_dtype(config: TransplantConfig, base_dtype: torch.dtype) -> torch.dt
 
 
 def _assemble(
-    base_matrix: torch.Tensor, recipe, alignment: vocab.VocabAlignment, n_rows: int, dtype: torch.dtype, *, cap_norms: bool
+    base_matrix: torch.Tensor,
+    builds: list[tuple[list[int], baselines.RowRecipe]],
+    alignment: vocab.VocabAlignment,
+    n_rows: int,
+    dtype: torch.dtype,
+    *,
+    cap_norms: bool,
 ) -> tuple[torch.Tensor, dict | None]:
-    """New matrix [n_rows, d_base]: copied rows bit-exact, built rows from the recipe, the rest the mean.
+    """New matrix [n_rows, d_base]: copied rows bit-exact, each ``(new_ids, recipe)`` of
+    ``builds`` applied to this matrix, the rest (padding, specials without a counterpart) the mean.
 
     With ``cap_norms`` (OMP methods) no built row is longer than the base's
     ``baselines.ROW_NORM_CAP_QUANTILE`` row norm; the second value says what was capped.
@@ -397,15 +447,23 @@ def _assemble(
     new = mean_row.to(dtype).expand(n_rows, -1).clone()
     if alignment.copy_new_ids:
         new[torch.tensor(alignment.copy_new_ids)] = base_matrix[torch.tensor(alignment.copy_base_ids)].to(dtype)
+    builds = [(ids, recipe) for ids, recipe in builds if ids]
     capped = None
-    if alignment.solve_new_ids:
+    if builds and cap_norms:
+        quantile = baselines.ROW_NORM_CAP_QUANTILE
+        capped = {"quantile": quantile, "cap": round(baselines.row_norm_cap(base_matrix, quantile), 6), "capped": 0}
+    for new_ids, recipe in builds:
         built = baselines.build_rows(recipe, base_matrix)
-        if cap_norms:
-            quantile = baselines.ROW_NORM_CAP_QUANTILE
-            cap = baselines.row_norm_cap(base_matrix, quantile)
-            capped = {"quantile": quantile, "cap": round(cap, 6), "capped": baselines.cap_row_norms(built, cap)}
-        new[torch.tensor(alignment.solve_new_ids)] = built.to(dtype)
+        if capped is not None:
+            capped["capped"] += baselines.cap_row_norms(built, capped["cap"])
+        new[torch.tensor(new_ids)] = built.to(dtype)
     return new, capped
+
+
+def _count_built(new_ids: list[int], plans: list[_RowPlan]) -> int:
+    """How many of ``new_ids`` a plan builds (the rest keep the mean row)."""
+    built = set().union(*(plan.new_ids for plan in plans))
+    return sum(1 for i in new_ids if i in built)
 
 
 def _log_norm_caps(norm_caps: dict) -> None:
@@ -418,17 +476,20 @@ def _log_norm_caps(norm_caps: dict) -> None:
             )  # fmt: skip
 
 
-def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, fingerprint, timer: _Timer, ctx) -> dict:
+def _write(config, inputs: _Inputs, row_plans: list[_RowPlan], residuals, fingerprint, timer: _Timer, ctx) -> dict:
     """Step 5 (rank 0): assemble matrices, write the checkpoint and the report atomically."""
     alignment = inputs.alignment
     new_size = len(inputs.new_tokenizer)
     n_rows = _target_rows(config, new_size)
     dtype = _output_dtype(config, inputs.base_embed.dtype)
     cap_norms = config.norm_cap and config.method in OMP_METHODS
-    embed, capped_embed = _assemble(inputs.base_embed, recipe_embed, alignment, n_rows, dtype, cap_norms=cap_norms)
+    plans = [plan for plan in row_plans if plan.new_ids]
+    embed_builds = [(plan.new_ids, plan.embed) for plan in plans]
+    embed, capped_embed = _assemble(inputs.base_embed, embed_builds, alignment, n_rows, dtype, cap_norms=cap_norms)
     head, norm_caps = None, {"embed": capped_embed}
     if inputs.base_head is not None:
-        head, norm_caps["lm_head"] = _assemble(inputs.base_head, recipe_head, alignment, n_rows, dtype, cap_norms=cap_norms)
+        head_builds = [(plan.new_ids, plan.head) for plan in plans]
+        head, norm_caps["lm_head"] = _assemble(inputs.base_head, head_builds, alignment, n_rows, dtype, cap_norms=cap_norms)
     _log_norm_caps(norm_caps)
     tok = inputs.new_tokenizer
     special_ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
@@ -440,6 +501,7 @@ def _write(config, inputs: _Inputs, recipe_embed, recipe_head, residuals, finger
         "copied": len(alignment.copy_new_ids),
         "solved": len(alignment.solve_new_ids),
         "fallback": len(alignment.fallback_new_ids),
+        "fallback_built": _count_built(alignment.fallback_new_ids, plans),
         "padding": n_rows - new_size,
         "dictionary": len(alignment.dict_base_ids),
         "base_tied": inputs.base_head is None,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_builders import build_tiny_llama
+from tiny_builders import build_byte_bpe_tokenizer, build_tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -130,6 +130,59 @@ def test_default_method_is_half_omp_half_fvt(request, tmp_path, base_fixture, sp
         expected = torch.where(has_pieces[:, None], 0.5 * omp + 0.5 * weighted, omp)
         torch.testing.assert_close(blend, expected, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(blend[has_pieces], omp[has_pieces])  # really a mix
+
+
+@pytest.fixture(scope="module")
+def third_tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE with more (and other) merges than the base's: many of its tokens are in
+    neither the base's nor the SentencePiece donor's vocabulary."""
+    path = tmp_path_factory.mktemp("third_tokenizer")
+    build_byte_bpe_tokenizer(vocab_size=700, seed=5).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("base_fixture", ["byte_bpe_model_dir", "byte_bpe_untied_model_dir"])
+def test_tokens_no_donor_has_are_built_from_base_pieces(request, tmp_path, base_fixture, sp_model_dir, third_tokenizer_dir):
+    # --tokenizer that is not the donor's: a new token neither base nor donor has gives OMP no
+    # target. omp+fvt makes it half the mean row, half the FVT row (weighted per matrix as for
+    # solved tokens); fvt the FVT row; zero zeroes it; omp (the paper's) leaves the mean row.
+    from omp_init.config import TransplantConfig
+
+    transplant_module = importlib.import_module("omp_init.transplant")
+    base_dir = request.getfixturevalue(base_fixture)
+    rows, reports = {}, {}
+    for method in ("omp+fvt", "omp", "fvt", "zero"):
+        result = _run(base_dir, sp_model_dir, tmp_path / method, method=method, tokenizer=str(third_tokenizer_dir))
+        rows[method], reports[method] = _tensors(tmp_path / method), result.report
+    config = TransplantConfig(
+        base=str(base_dir), donor=str(sp_model_dir), output=str(tmp_path / "x"), tokenizer=str(third_tokenizer_dir)
+    )
+    inputs = transplant_module._load_inputs_here(config)
+    ids = transplant_module._without_donor_row(inputs)
+    assert len(ids) > 20 and set(ids) <= set(inputs.alignment.fallback_new_ids)
+    assert inputs.alignment.solve_new_ids  # and OMP still builds the tokens the donor has
+    pieces = transplant_module._base_pieces(inputs, ids)
+    assert all(pieces) and max(map(len, pieces)) > 1
+    base = _tensors(base_dir)
+    is_tied = HEAD not in base
+    powers = {EMBED: 0.0} if is_tied else {EMBED: 1.0, HEAD: -1.0}
+    index = torch.tensor(ids)
+    for name, power in powers.items():
+        expected = torch.stack([
+            (w[:, None] * base[name][p].float()).sum(0) / w.sum()
+            for p in pieces
+            for w in [torch.arange(1, len(p) + 1, dtype=torch.float32) ** power]
+        ])
+        mean_row = base[name].float().mean(0).expand(len(ids), -1)
+        torch.testing.assert_close(rows["omp+fvt"][name][index], 0.5 * mean_row + 0.5 * expected, atol=1e-5, rtol=1e-4)
+        if power == 0.0:
+            torch.testing.assert_close(rows["fvt"][name][index], expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rows["omp"][name][index], mean_row, atol=1e-5, rtol=1e-4)
+        assert torch.count_nonzero(rows["zero"][name][index]) == 0
+    assert reports["omp+fvt"]["vocab"]["fallback_built"] == reports["fvt"]["vocab"]["fallback_built"] == len(ids)
+    assert reports["omp"]["vocab"]["fallback_built"] == 0
+    summary = transplant_module.summarize(reports["omp+fvt"])
+    assert f"{len(ids):,} fallback tokens (no base or donor row) built as half FVT" in summary
 
 
 def test_shared_rows_bit_exact_and_tied_stays_tied(tmp_path, byte_bpe_model_dir, sp_model_dir):
