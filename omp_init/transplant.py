@@ -348,13 +348,10 @@ def _fallback_plan(config, inputs: _Inputs) -> _RowPlan:
     if config.method != "omp+fvt":
         return _RowPlan([], baselines.zero_recipe(0), baselines.zero_recipe(0))
     new_ids = _without_donor_row(inputs)
-    pieces = _base_pieces(inputs, new_ids)
-    recipes = {
-        name: baselines.no_donor_row_recipe(baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER[name]))
-        for name in set(_fvt_weightings(inputs))
-    }
-    embed_weighting, head_weighting = _fvt_weightings(inputs)
-    return _RowPlan(new_ids, recipes[embed_weighting], recipes[head_weighting])
+    fvt_embed, fvt_head = _fvt_recipes(inputs, _base_pieces(inputs, new_ids))
+    embed = baselines.no_donor_row_recipe(fvt_embed)
+    head = embed if fvt_head is fvt_embed else baselines.no_donor_row_recipe(fvt_head)
+    return _RowPlan(new_ids, embed, head)
 
 
 def _fvt_weightings(inputs: _Inputs) -> tuple[str, str]:
@@ -363,21 +360,23 @@ def _fvt_weightings(inputs: _Inputs) -> tuple[str, str]:
     return ("tied", "tied") if inputs.base_head is None else ("embed", "lm_head")
 
 
-def _omp_fvt_recipes(inputs: _Inputs, omp_recipes: dict) -> tuple:
-    """(embed, lm_head) recipes of ``omp+fvt``: half OMP, half FVT, the FVT half weighted by
-    piece position per matrix (:func:`_fvt_weightings`)."""
-    pieces = _base_pieces(inputs)
+def _fvt_recipes(inputs: _Inputs, pieces: list[list[int]]) -> tuple[baselines.RowRecipe, baselines.RowRecipe]:
+    """(embed, lm_head) FVT recipes of ``pieces``, weighted by piece position per matrix
+    (:func:`_fvt_weightings`); a tied base gets one recipe for both."""
     fvt = {
         name: baselines.fvt_recipe(pieces, baselines.FVT_POSITION_POWER[name])
         for name in set(_fvt_weightings(inputs))
     }
     embed_weighting, head_weighting = _fvt_weightings(inputs)
+    return fvt[embed_weighting], fvt[head_weighting]
+
+
+def _omp_fvt_recipes(inputs: _Inputs, omp_recipes: dict) -> tuple:
+    """(embed, lm_head) recipes of ``omp+fvt``: half OMP, half FVT (:func:`_fvt_recipes`)."""
+    fvt_embed, fvt_head = _fvt_recipes(inputs, _base_pieces(inputs))
     omp_embed = omp_recipes["embed"]
     omp_head = omp_recipes.get("lm_head", omp_embed)
-    return (
-        baselines.omp_fvt_recipe(omp_embed, fvt[embed_weighting]),
-        baselines.omp_fvt_recipe(omp_head, fvt[head_weighting]),
-    )
+    return baselines.omp_fvt_recipe(omp_embed, fvt_embed), baselines.omp_fvt_recipe(omp_head, fvt_head)
 
 
 def _base_pieces(inputs: _Inputs, new_ids: list[int] | None = None) -> list[list[int]]:
@@ -447,7 +446,6 @@ def _assemble(
     new = mean_row.to(dtype).expand(n_rows, -1).clone()
     if alignment.copy_new_ids:
         new[torch.tensor(alignment.copy_new_ids)] = base_matrix[torch.tensor(alignment.copy_base_ids)].to(dtype)
-    builds = [(ids, recipe) for ids, recipe in builds if ids]
     capped = None
     if builds and cap_norms:
         quantile = baselines.ROW_NORM_CAP_QUANTILE
