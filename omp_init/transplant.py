@@ -294,7 +294,7 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore) -> 
     if not alignment.solve_new_ids:
         # No new token has a donor row (same vocabulary): no dictionary to prepare, no pass to run.
         logger.info("no new token for OMP to build")
-        return ([_fallback_plan(config, inputs)] if ctx.is_main else None), {}
+        return (_fallback_plans(config, inputs) if ctx.is_main else None), {}
     dict_donor = torch.tensor(alignment.dict_donor_ids, dtype=torch.long)
     solve_donor = torch.tensor(alignment.solve_donor_ids, dtype=torch.long)
     dict_base = torch.tensor(alignment.dict_base_ids, dtype=torch.long)
@@ -336,22 +336,22 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore) -> 
         solved = _RowPlan(alignment.solve_new_ids, *_omp_fvt_recipes(inputs, recipes))
     else:
         solved = _RowPlan(alignment.solve_new_ids, recipes["embed"], recipes.get("lm_head", recipes["embed"]))
-    return [solved, _fallback_plan(config, inputs)], residuals
+    return [solved, *_fallback_plans(config, inputs)], residuals
 
 
-def _fallback_plan(config, inputs: _Inputs) -> _RowPlan:
+def _fallback_plans(config, inputs: _Inputs) -> list[_RowPlan]:
     """Rows of the new tokens without a donor row (:func:`_without_donor_row`) under an OMP
-    method: ``omp+fvt`` gives them half the mean row and half its FVT row (weighted per matrix as
+    method, as a plan list (empty: they keep the mean row): ``omp+fvt`` gives them half the mean row and half its FVT row (weighted per matrix as
     in :func:`_omp_fvt_recipes`; ``baselines.no_donor_row_recipe``), which measured 3-11% lower
     bits per byte than the mean row alone on two real pairs (docs/quality.md, "Tokens no donor
     has"); ``omp``, the paper's method, leaves them the mean row."""
-    if config.method != "omp+fvt":
-        return _RowPlan([], baselines.zero_recipe(0), baselines.zero_recipe(0))
     new_ids = _without_donor_row(inputs)
+    if config.method != "omp+fvt" or not new_ids:
+        return []
     fvt_embed, fvt_head = _fvt_recipes(inputs, _base_pieces(inputs, new_ids))
     embed = baselines.no_donor_row_recipe(fvt_embed)
     head = embed if fvt_head is fvt_embed else baselines.no_donor_row_recipe(fvt_head)
-    return _RowPlan(new_ids, embed, head)
+    return [_RowPlan(new_ids, embed, head)]
 
 
 def _fvt_weightings(inputs: _Inputs) -> tuple[str, str]:
@@ -390,7 +390,7 @@ def _base_pieces(inputs: _Inputs, new_ids: list[int] | None = None) -> list[list
 def _without_donor_row(inputs: _Inputs) -> list[int]:
     """New tokens with bytes that neither the base nor the donor has (only when ``--tokenizer``
     is not the donor's): OMP has no target for them, but the base can still spell them, so
-    ``omp+fvt`` and ``fvt`` build them from the base's pieces (:func:`_fallback_plan`). Specials
+    ``omp+fvt`` and ``fvt`` build them from the base's pieces (:func:`_fallback_plans`). Specials
     without a counterpart have no bytes and keep the mean row."""
     bytes_by_id = inputs.new_bytes.bytes_by_id
     return [i for i in inputs.alignment.fallback_new_ids if bytes_by_id[i]]
