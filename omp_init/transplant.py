@@ -221,9 +221,11 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
     if writes:
         n_rows = _target_rows(config, len(new_tokenizer))
         out_dtype = _output_dtype(config, base_layout.dtype)
-        checkpoint.check_free_space(
-            config.output, checkpoint.estimate_output_bytes(base.local_dir, base_layout, n_rows, out_dtype)
-        )
+        needed = checkpoint.estimate_output_bytes(base.local_dir, base_layout, n_rows, out_dtype)
+        if config.resume and config.method in OMP_METHODS:  # the chunk store sits beside --output
+            n_passes = 1 if base_layout.is_tied or donor_layout.is_tied else 2
+            needed += ChunkStore.bytes_needed(len(alignment.solve_new_ids), config.k, n_passes)
+        checkpoint.check_free_space(config.output, needed)
     base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
     donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
     _check_rows(config.base, "base", base_embed, alignment.copy_base_ids + alignment.dict_base_ids)

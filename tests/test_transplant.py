@@ -25,6 +25,7 @@ from omp_init import (
     SourceError,
     transplant,
 )
+from omp_init.resume import ChunkStore
 from omp_init.vocab import align_vocabularies, token_bytes
 
 EMBED = "model.embed_tokens.weight"
@@ -332,6 +333,26 @@ def test_too_little_disk_space_fails_before_the_solve(tmp_path, monkeypatch, byt
     with pytest.raises(OutputSpaceError, match=r"--output .*needs about 0\.\d\d GiB and .* has 0\.00 GiB free"):
         _run(byte_bpe_model_dir, sp_model_dir, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_free_space_check_counts_the_resume_chunks(tmp_path, monkeypatch, byte_bpe_model_dir, sp_model_dir):
+    """Finished chunks are written beside --output, so the check asks room for them too."""
+    checkpoint = importlib.import_module("omp_init.checkpoint")
+    solve = importlib.import_module("omp_init.transplant")
+    asked = []
+    monkeypatch.setattr(checkpoint, "check_free_space", lambda out, needed: asked.append(needed))
+
+    def stop(config, inputs, *args):
+        asked.append(len(inputs.alignment.solve_new_ids))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(solve, "_plan_rows", stop)
+    for resume in (True, False):
+        with pytest.raises(KeyboardInterrupt):
+            _run(byte_bpe_model_dir, sp_model_dir, tmp_path / "out", resume=resume)
+    with_chunks, n_solved, without_chunks, _ = asked
+    assert n_solved > 0
+    assert with_chunks - without_chunks == ChunkStore.bytes_needed(n_solved, 8, 1)
 
 
 def _word_level_model(tmp_path, words, name):
