@@ -16,7 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import DOCUMENT_START_POLICIES, METHODS, OUTPUT_DTYPES, SCORE_DTYPES, TransplantConfig
+from .config import (
+    DOCUMENT_START_POLICIES,
+    METHODS,
+    NO_DONOR_METHOD,
+    OUTPUT_DTYPES,
+    SCORE_DTYPES,
+    TransplantConfig,
+)
 from .errors import ConfigError, OmpInitError
 
 logger = logging.getLogger("omp_init")
@@ -24,6 +31,7 @@ logger = logging.getLogger("omp_init")
 _TRANSPLANT_EXAMPLE = """example:
   omp-init transplant --base ./SmolLM2-135M --donor ./Qwen2.5-Coder-0.5B --output ./smollm2-qwen-tok
   accelerate launch -m omp_init transplant --base BASE --donor DONOR --output OUT   # all ranks share the OMP work
+  omp-init transplant --base ./SmolLM2-135M --tokenizer llama3/tokenizer.json --output OUT   # no donor model: FVT rows
 """
 
 _INSPECT_EXAMPLE = """example:
@@ -37,12 +45,17 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TransplantConfig) if f.default is not dataclasses.MISSING}
     io = parser.add_argument_group("inputs and output")
     io.add_argument("--base", required=True, help="model whose weights are kept: HF directory, .gguf file, or hub id")
-    io.add_argument("--donor", required=True, help="model that supplies the new tokenizer and the embedding space OMP runs in")
+    io.add_argument(
+        "--donor",
+        help="model that supplies the new tokenizer and the embedding space OMP runs in; leave it out "
+        "with --tokenizer when you have no model for that tokenizer (every new row is then FVT, the "
+        "mean of the base rows of its pieces, unless --method says otherwise)",
+    )
     io.add_argument("--output", required=True, help="directory to write the new checkpoint to (must not exist unless --overwrite)")
     io.add_argument("--tokenizer", help="take the new tokenizer from here (HF dir, tokenizer.json or .gguf) instead of the donor")
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default=defaults["method"], help="omp+fvt (default: half the OMP row, half the mean of the token's base pieces, on an untied base weighted towards the last piece for input rows and the first for lm_head rows; lowest bits-per-byte measured, docs/quality.md), omp (OMP alone, the paper's), or a baseline for comparison")
+    method.add_argument("--method", choices=METHODS, help="omp+fvt (default with --donor: half the OMP row, half the mean of the token's base pieces, on an untied base weighted towards the last piece for input rows and the first for lm_head rows; lowest bits-per-byte measured, docs/quality.md), omp (OMP alone, the paper's), or a baseline for comparison; fvt (the mean of the base rows of the pieces) is the default without --donor")
     method.add_argument("--k", type=int, default=defaults["k"], help="shared tokens combined per new token (default %(default)s)")
     method.add_argument("--special-map", help="JSON file mapping new special tokens to base tokens, e.g. {\"<|im_end|>\": \"<end_of_turn>\"}")
     method.add_argument(
@@ -84,9 +97,29 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TransplantConfig:
-    """The CLI's one conversion into :class:`TransplantConfig`."""
+    """The CLI's one conversion into :class:`TransplantConfig`.
+
+    Without ``--donor`` the base stands in as the donor (``--tokenizer`` is then required):
+    no new token has a donor row, so OMP has nothing to solve, and ``--method`` defaults to
+    ``fvt``, which measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on both
+    pairs tried (docs/quality.md, "Tokens no donor has").
+    """
     names = {f.name for f in dataclasses.fields(TransplantConfig)}
-    return TransplantConfig(**{name: value for name, value in vars(args).items() if name in names})
+    values = {name: value for name, value in vars(args).items() if name in names}
+    if values.get("donor") is None:
+        if not values.get("tokenizer"):
+            raise ConfigError(
+                "--donor is missing: give --donor MODEL (the model whose tokenizer you want; its "
+                "embeddings guide OMP), or, with no such model, --tokenizer NEW (new rows are built "
+                "from the base's own pieces)."
+            )
+        values["donor"] = values["base"]
+        if values.get("method") is None:
+            values["method"] = NO_DONOR_METHOD
+        logger.info("no --donor: the new rows come from --base's own pieces (--method %s)", values["method"])
+    if values.get("method") is None:
+        values.pop("method")
+    return TransplantConfig(**values)
 
 
 def _run_transplant(args: argparse.Namespace) -> int:

@@ -23,6 +23,9 @@ from .errors import ConfigError
 Method = Literal["omp+fvt", "omp", "zero", "mean", "random", "fvt"]
 # Methods that run OMP (and can resume its chunks).
 OMP_METHODS: tuple[str, ...] = ("omp+fvt", "omp")
+# Without a donor model (the base stands in): no new token has a donor row, and full FVT rows
+# measured lower bits-per-byte than omp+fvt's half-mean rows on both pairs tried (docs/quality.md).
+NO_DONOR_METHOD: Method = "fvt"
 METHODS: tuple[str, ...] = get_args(Method)
 ScoreDtype = Literal["auto", "bfloat16", "float32"]
 SCORE_DTYPES: tuple[str, ...] = get_args(ScoreDtype)

@@ -70,3 +70,22 @@ def test_import_noise_of_optional_libraries_is_quiet_unless_debug():
         assert noisy.level == logging.NOTSET  # DEBUG leaves them as they are
     finally:
         noisy.setLevel(logging.NOTSET)
+
+
+def test_no_donor_needs_a_tokenizer(tmp_path, capsys):
+    code = main(["transplant", "--base", "a", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--donor is missing" in err and "--tokenizer" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("method_args", "method"), [([], "fvt"), (["--method", "omp+fvt"], "omp+fvt")])
+def test_no_donor_model_builds_from_the_base_pieces(tmp_path, capsys, byte_bpe_model_dir, sp_model_dir, method_args, method):
+    """Without --donor the base stands in as the donor, and --method defaults to fvt."""
+    out = tmp_path / "o"
+    args = ["transplant", "--base", str(byte_bpe_model_dir), "--tokenizer", str(sp_model_dir), "--output", str(out)]
+    assert main([*args, "--device", "cpu", *method_args]) == 0
+    report = json.loads((out / "omp_init_report.json").read_text())
+    assert report["config"]["method"] == method
+    assert report["config"]["donor"] == report["config"]["base"] == str(byte_bpe_model_dir)
+    assert report["vocab"]["solved"] == 0 and report["vocab"]["fallback"] > 0
