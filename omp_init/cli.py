@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from .config import (
     DOCUMENT_START_POLICIES,
     METHODS,
-    NO_DONOR_METHOD,
     OUTPUT_DTYPES,
     SCORE_DTYPES,
     TransplantConfig,
+    fill_in_no_donor,
 )
 from .errors import ConfigError, OmpInitError
 
@@ -97,25 +97,12 @@ def _add_transplant_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TransplantConfig:
-    """The CLI's one conversion into :class:`TransplantConfig`.
-
-    Without ``--donor`` the base stands in as the donor (``--tokenizer`` is then required):
-    no new token has a donor row, so OMP has nothing to solve, and ``--method`` defaults to
-    ``fvt``, which measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on both
-    pairs tried (docs/quality.md, "Tokens no donor has").
-    """
+    """The CLI's one conversion into :class:`TransplantConfig` (without ``--donor``, see
+    :func:`omp_init.config.fill_in_no_donor`)."""
     names = {f.name for f in dataclasses.fields(TransplantConfig)}
     values = {name: value for name, value in vars(args).items() if name in names}
-    if values.get("donor") is None:
-        if not values.get("tokenizer"):
-            raise ConfigError(
-                "--donor is missing: give --donor MODEL (the model whose tokenizer you want; its "
-                "embeddings guide OMP), or, with no such model, --tokenizer NEW (new rows are built "
-                "from the base's own pieces)."
-            )
-        values["donor"] = values["base"]
-        if values.get("method") is None:
-            values["method"] = NO_DONOR_METHOD
+    if not values.get("donor"):
+        values = fill_in_no_donor(values)
         logger.info("no --donor: the new rows come from --base's own pieces (--method %s)", values["method"])
     if values.get("method") is None:
         values.pop("method")

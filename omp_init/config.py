@@ -152,6 +152,29 @@ class TransplantConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def fill_in_no_donor(values: dict[str, Any]) -> dict[str, Any]:
+    """Options without a donor model, made explicit: the base stands in as the donor.
+
+    With only ``--tokenizer``, no new token has a donor row, so OMP has nothing to solve and
+    ``method`` defaults to :data:`NO_DONOR_METHOD` (an explicit method still wins): full FVT rows
+    measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on both pairs tried
+    (docs/quality.md, "Tokens no donor has"). The CLI and
+    the axolotl plugin both call this, so the rule lives in one place.
+
+    Raises:
+        ConfigError: neither ``donor`` nor ``tokenizer`` is given.
+    """
+    if values.get("donor"):
+        return values
+    if not values.get("tokenizer"):
+        raise ConfigError(
+            "--donor is missing: give --donor MODEL (the model whose tokenizer you want; its "
+            "embeddings guide OMP), or, with no such model, --tokenizer NEW (new rows are built "
+            "from the base's own pieces)."
+        )
+    return {**values, "donor": values.get("base"), "method": values.get("method") or NO_DONOR_METHOD}
+
+
 def _find_problems(config: TransplantConfig) -> list[str]:
     """Collect every value problem, so the user fixes them all in one go."""
     problems = []

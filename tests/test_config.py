@@ -48,3 +48,14 @@ def test_fingerprint_tracks_results_not_execution():
     )
     assert _cfg().fingerprint() != _cfg(k=8).fingerprint()
     assert _cfg().fingerprint({"base": 1}) != _cfg().fingerprint({"base": 2})
+
+
+def test_fill_in_no_donor():
+    from omp_init.config import NO_DONOR_METHOD, fill_in_no_donor
+
+    given = {"base": "b", "donor": "d", "output": "o"}
+    assert fill_in_no_donor(given) is given  # a donor: nothing to fill in
+    assert fill_in_no_donor({"base": "b", "tokenizer": "t"}) == {"base": "b", "tokenizer": "t", "donor": "b", "method": NO_DONOR_METHOD}
+    assert fill_in_no_donor({"base": "b", "tokenizer": "t", "method": "mean"})["method"] == "mean"
+    with pytest.raises(ConfigError, match="--donor is missing.*--tokenizer"):
+        fill_in_no_donor({"base": "b", "donor": None})

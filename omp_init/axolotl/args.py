@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from omp_init import ConfigError, TransplantConfig
+from omp_init.config import fill_in_no_donor
 
 KEY_PREFIX = "omp_init_"
 PLUGIN_NAME = "omp_init.axolotl.OmpInitPlugin"
@@ -42,7 +43,8 @@ class OmpInitArgs(BaseModel):
     """
 
     omp_init_donor: str | None = _key(
-        "Model that supplies the new tokenizer and the embedding space OMP runs in (HF dir, .gguf or hub id). Required."
+        "Model that supplies the new tokenizer and the embedding space OMP runs in (HF dir, .gguf or hub id). "
+        "Required unless omp_init_tokenizer is set (then the base stands in and omp_init_method defaults to fvt)."
     )
     omp_init_output: str | None = _key(
         "Directory the transplanted checkpoint is written to; training then starts from it. Required."
@@ -161,7 +163,7 @@ def transplant_config_from_cfg(cfg: Mapping[str, Any]) -> TransplantConfig:
     if problems:
         raise ValueError("; ".join(problems) + ".")
     try:
-        return TransplantConfig(**kwargs)
+        return TransplantConfig(**fill_in_no_donor(kwargs))
     except ConfigError as exc:
         raise ValueError(flags_to_keys(str(exc))) from None
 
@@ -169,10 +171,11 @@ def transplant_config_from_cfg(cfg: Mapping[str, Any]) -> TransplantConfig:
 def _required_problems(kwargs: dict[str, Any]) -> list[str]:
     """Missing required keys and an output that would overwrite its own input."""
     problems = []
-    if not kwargs.get("donor"):
+    if not kwargs.get("donor") and not kwargs.get("tokenizer"):
         problems.append(
             f"{KEY_PREFIX}donor is required by {PLUGIN_NAME}; set it to the model whose tokenizer you "
-            "want (HF directory, .gguf file or hub id)"
+            f"want (HF directory, .gguf file or hub id), or, with no such model, set {KEY_PREFIX}tokenizer "
+            "(new rows are then built from the base's own pieces)"
         )
     if not kwargs.get("output"):
         problems.append(

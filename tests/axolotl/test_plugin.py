@@ -51,6 +51,11 @@ def test_keys_convert_to_transplant_config(cfg):
     # Without omp_init_base the transplant reads base_model (the minimal layout).
     minimal = {"base_model": "org/base", "omp_init_donor": "org/donor", "omp_init_output": "out"}
     assert transplant_config_from_cfg(minimal).base == "org/base"
+    # Without a donor model, a tokenizer: the base stands in and the method defaults to fvt.
+    no_donor = {"base_model": "org/base", "omp_init_tokenizer": "tok.json", "omp_init_output": "out"}
+    config = transplant_config_from_cfg(no_donor)
+    assert (config.donor, config.method) == ("org/base", "fvt")
+    assert transplant_config_from_cfg({**no_donor, "omp_init_method": "omp+fvt"}).method == "omp+fvt"
 
 
 @pytest.mark.parametrize(
