@@ -132,6 +132,8 @@ def summarize(report: dict[str, Any]) -> str:
         f"  copied from base: {vocab['copied']:,}  built by {report['config']['method']}: {vocab['solved']:,}"
         f"  fallback: {vocab['fallback']:,}  padding: {vocab['padding']:,}",
     ]
+    if report["config"].get("donor") == report["config"].get("base") and vocab["fallback"]:
+        lines.append("  no donor model (the base stands in), so no new token has a donor row: all are fallback tokens")
     if vocab.get("fallback_built") and report["config"]["method"] != "mean":
         lines.append(
             f"  {vocab['fallback_built']:,} fallback tokens (no base or donor row) built as "

@@ -89,3 +89,4 @@ def test_no_donor_model_builds_from_the_base_pieces(tmp_path, capsys, byte_bpe_m
     assert report["config"]["method"] == method
     assert report["config"]["donor"] == report["config"]["base"] == str(byte_bpe_model_dir)
     assert report["vocab"]["solved"] == 0 and report["vocab"]["fallback"] > 0
+    assert "no donor model (the base stands in)" in capsys.readouterr().out
