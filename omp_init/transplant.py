@@ -227,7 +227,10 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
             needed += ChunkStore.bytes_needed(len(alignment.solve_new_ids), config.k, n_passes)
         checkpoint.check_free_space(config.output, needed)
     base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
-    donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
+    if Path(donor.local_dir).resolve() == Path(base.local_dir).resolve():
+        donor_embed, donor_head = base_embed, base_head  # no donor model: read the base once
+    else:
+        donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
     _check_rows(config.base, "base", base_embed, alignment.copy_base_ids + alignment.dict_base_ids)
     _check_rows(config.donor, "donor", donor_embed, alignment.solve_donor_ids + alignment.dict_donor_ids)
     return _Inputs(

@@ -335,6 +335,18 @@ def test_too_little_disk_space_fails_before_the_solve(tmp_path, monkeypatch, byt
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_base_as_donor_reads_the_embeddings_once(tmp_path, monkeypatch, byte_bpe_model_dir, sp_model_dir):
+    """No donor model (the base stands in): one read of the base's embedding tensors, not two."""
+    checkpoint = importlib.import_module("omp_init.checkpoint")
+    read = checkpoint.read_embeddings
+    calls = []
+    monkeypatch.setattr(checkpoint, "read_embeddings", lambda *a: calls.append(a) or read(*a))
+    _run(byte_bpe_model_dir, byte_bpe_model_dir, tmp_path / "out", tokenizer=str(sp_model_dir), method="fvt")
+    assert len(calls) == 1
+    _run(byte_bpe_model_dir, sp_model_dir, tmp_path / "out2")
+    assert len(calls) == 3
+
+
 def test_free_space_check_counts_the_resume_chunks(tmp_path, monkeypatch, byte_bpe_model_dir, sp_model_dir):
     """Finished chunks are written beside --output, so the check asks room for them too."""
     checkpoint = importlib.import_module("omp_init.checkpoint")
