@@ -24,7 +24,7 @@ Method = Literal["omp+fvt", "omp", "zero", "mean", "random", "fvt"]
 # Methods that run OMP (and can resume its chunks).
 OMP_METHODS: tuple[str, ...] = ("omp+fvt", "omp")
 # Without a donor model (the base stands in): no new token has a donor row, and full FVT rows
-# measured lower bits-per-byte than omp+fvt's half-mean rows on both pairs tried (docs/quality.md).
+# measured lower bits-per-byte than omp+fvt's half-mean rows on all three pairs tried (docs/quality.md).
 NO_DONOR_METHOD: Method = "fvt"
 METHODS: tuple[str, ...] = get_args(Method)
 ScoreDtype = Literal["auto", "bfloat16", "float32"]
@@ -157,7 +157,7 @@ def fill_in_no_donor(values: dict[str, Any]) -> dict[str, Any]:
 
     With only ``--tokenizer``, no new token has a donor row, so OMP has nothing to solve and
     ``method`` defaults to :data:`NO_DONOR_METHOD` (an explicit method still wins): full FVT rows
-    measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on both pairs tried
+    measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on all three pairs tried
     (docs/quality.md, "Tokens no donor has"). The CLI and
     the axolotl plugin both call this, so the rule lives in one place.
 
