@@ -158,8 +158,8 @@ def fill_in_no_donor(values: dict[str, Any]) -> dict[str, Any]:
     With only ``--tokenizer``, no new token has a donor row, so OMP has nothing to solve and
     ``method`` defaults to :data:`NO_DONOR_METHOD` (an explicit method still wins): full FVT rows
     measured lower bits-per-byte than ``omp+fvt``'s half-mean rows there on all three pairs tried
-    (docs/quality.md, "Tokens no donor has"). The CLI and
-    the axolotl plugin both call this, so the rule lives in one place.
+    (docs/quality.md, "Tokens no donor has"). The CLI and the axolotl plugin both call this, so
+    the rule lives in one place.
 
     Raises:
         ConfigError: neither ``donor`` nor ``tokenizer`` is given.

@@ -38,10 +38,10 @@ REPORT_NAME = "omp_init_report.json"
 # training that should move only the built rows (the axolotl plugin's
 # omp_init_train_new_rows_only): {"rows": n_rows, "copied_ids": [sorted new-vocabulary ids]}.
 ROWS_NAME = "omp_init_rows.json"
-# How each method builds a fallback token (no base or donor row) that has bytes.
 # Mean relative donor-space residual at which the summary suggests --k 128: the two pairs
 # measured at 0.48 and 0.61 gained 1.4-1.5% bits-per-byte from it, those at 0.33 nothing.
 HIGH_RESIDUAL = 0.45
+# How each method builds a fallback token (no base or donor row) that has bytes.
 _FALLBACK_BUILDER = {"omp+fvt": "half FVT (the base's pieces) + half the mean row", "fvt": "FVT (the base's pieces)"}
 
 
