@@ -38,6 +38,7 @@ _INSPECT_EXAMPLE = """example:
   omp-init inspect ./SmolLM2-135M ./Qwen2.5-0.5B --json inspect.json
   omp-init inspect ./Qwen2.5-0.5B ./Qwen2.5-0.5B --tokenizer gemma3/tokenizer.json   # another tokenizer, same donor space
   omp-init inspect ./SmolLM2-135M ./Qwen2.5-0.5B --k 64 --sample 500                  # also OMP residuals of 500 new tokens
+  omp-init inspect ./SmolLM2-135M --tokenizer llama3/tokenizer.json                   # no donor model
 """
 
 
@@ -124,9 +125,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise ConfigError(f"--json {args.json!r}: its directory does not exist; create it or choose another path.")
+    if args.donor is None and not args.tokenizer:
+        raise ConfigError("DONOR is missing: give the donor model, or --tokenizer NEW to inspect a tokenizer without one.")
     result = inspect_transplant(
         args.base,
-        args.donor,
+        args.donor or args.base,  # no donor model: the base stands in, as in transplant
         tokenizer=args.tokenizer,
         special_map=args.special_map,
         k=args.k,
@@ -201,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("base", help="base model or tokenizer: HF directory, tokenizer.json or .gguf")
-    p.add_argument("donor", help="donor model (or only its tokenizer, without --k): HF directory, tokenizer.json or .gguf")
+    p.add_argument(
+        "donor",
+        nargs="?",
+        help="donor model (or only its tokenizer, without --k): HF directory, tokenizer.json or .gguf; "
+        "leave it out with --tokenizer to inspect a tokenizer for a run without a donor model",
+    )
     p.add_argument("--tokenizer", help="the new tokenizer, when it is not the donor's (HF dir, tokenizer.json or .gguf)")
     p.add_argument("--special-map", help="JSON file mapping new special tokens to base tokens, as for transplant")
     p.add_argument("--k", type=int, help="also run OMP with k atoms on a sample of the new tokens (needs the donor's weights)")

@@ -322,7 +322,12 @@ def format_summary(result: dict[str, Any], n_examples: int = 4) -> str:
     lines.append(
         f"  OMP dictionary (base and donor tokens with the same bytes): {overlap['dictionary_size']:,}"
     )
-    if overlap["fallback"]:
+    if overlap["fallback"] and inputs["donor"] == inputs["base"]:
+        lines.append(
+            "  no donor model: transplant without --donor builds each such token with bytes from the base's "
+            "pieces (--method fvt, the default then); specials keep the mean row"
+        )
+    elif overlap["fallback"]:
         lines.append(
             "  no base or donor row: omp+fvt builds each such token with bytes as half the mean row and half its "
             "FVT row (the base's pieces); specials, and every one under --method omp, keep the mean row"

@@ -285,3 +285,21 @@ def test_transplant_report_has_digit_diagnostics(
     assert digits == result.report["diagnostics"]["digits"]
     assert digits["schemes_differ"] and digits["warning"]
     assert any("digit splitting differs" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("with_k", [False, True])
+def test_cli_inspect_without_a_donor_model(tmp_path, capsys, byte_bpe_model_dir, sp_model_dir, with_k):
+    """No DONOR, only --tokenizer: the base stands in (as in transplant); --k has nothing to solve."""
+    out = tmp_path / "inspect.json"
+    argv = ["inspect", str(byte_bpe_model_dir), "--tokenizer", str(sp_model_dir), "--json", str(out)]
+    assert main([*argv, *(["--k", "4"] if with_k else [])]) == 0
+    assert "no donor model: transplant without --donor" in capsys.readouterr().out
+    result = json.loads(out.read_text(encoding="utf-8"))
+    overlap = result["overlap"]
+    assert overlap["solved"] == 0 and overlap["fallback"] > 0
+    assert result["inputs"]["donor"] == result["inputs"]["base"]
+
+
+def test_cli_inspect_needs_donor_or_tokenizer(capsys, byte_bpe_model_dir):
+    assert main(["inspect", str(byte_bpe_model_dir)]) == 2
+    assert "DONOR is missing" in capsys.readouterr().err
