@@ -10,6 +10,8 @@ import errno
 import shutil
 from pathlib import Path
 
+import torch
+
 
 class OmpInitError(Exception):
     """Base class of every error a user can cause and fix."""
@@ -47,6 +49,10 @@ class DistributedError(OmpInitError):
     """A rank failed or the process group is inconsistent; the message names the rank."""
 
 
+class SolveMemoryError(OmpInitError):
+    """The OMP solve ran out of device or host memory; the message names a smaller chunk."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT from Python, or from safetensors' Rust writer (which reports it as text).
 
@@ -56,6 +62,15 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return type(exc).__name__ == "SafetensorError" and ("os error 28" in text or "No space left" in text)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's ``torch.OutOfMemoryError``, Python's ``MemoryError``, or the CPU allocator's
+    ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 def gib(n_bytes: int) -> str:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import DistContext, gather_to_main, shard_range
+from .distributed import DistContext, check_all_ranks, gather_to_main, shard_range
+from .errors import SolveMemoryError, gib, is_out_of_memory
 from .omp import prepare_dictionary, solve_omp
 from .resume import ChunkStore
 
@@ -109,39 +111,19 @@ def solve_pass(
         r_first, r_last = shard_range(n_chunks, rank, ctx.world_size)
         counts.append(max(0, min(r_last * chunk, n_rows) - r_first * chunk))
     started = time.perf_counter()
-    # Converted once per pass (and its Gram matrix built once, when the screened path pays);
-    # the algorithm is chosen from the whole pass's size, so every rank chooses alike.
-    prepared = prepare_dictionary(dictionary.to(ctx.device, torch.float32), score_dtype=score_dtype, n_targets=n_rows, k=k)
-    prepare_s = time.perf_counter() - started
-    parts: list[dict[str, torch.Tensor]] = []
-    bar = tqdm(
-        total=n_rows,
-        desc=f"OMP {name}",
-        unit="tok",
-        disable=not (show_progress and ctx.is_main),
-        dynamic_ncols=True,
-    )
-    for c in range(first, last):
-        start, stop = c * chunk, min((c + 1) * chunk, n_rows)
-        saved = store.load(name, start, stop)
-        if saved is None:
-            result = solve_omp(prepared, targets[start:stop].to(ctx.device, torch.float32), k)
-            saved = {
-                "indices": result.indices.cpu(),
-                "coefficients": result.coefficients.cpu(),
-                "residual_norm": result.residual_norm.cpu(),
-                "target_norm": result.target_norm.cpu(),
-            }
-            store.save(name, start, stop, saved)
-        parts.append(saved)
-        # Rank 0 sees only its own shard; scale so the bar and ETA reflect the whole job.
-        bar.update((stop - start) * ctx.world_size if c < last - 1 else n_rows - bar.n)
-    bar.close()
+    error: BaseException | None = None
+    try:
+        parts, path_name = _solve_my_chunks(
+            name, dictionary, targets, k, ctx, store, score_dtype, chunk, (first, last), show_progress
+        )
+    except Exception as exc:  # raised after every rank has heard of it (check_all_ranks)
+        error = _readable_solve_error(exc, name, dictionary, n_rows, chunk, ctx)
+        parts, path_name = [], ""
+    # A rank that failed alone would leave the others waiting at the gather below forever
+    # (NCCL) or until the launcher kills them; this way every rank stops with a message.
+    check_all_ranks(ctx, error)
     elapsed_s = time.perf_counter() - started
-    logger.info(
-        "%sOMP %s: %d rows in %.1f s (dictionary prepared in %.1f s)",
-        ctx.prefix(), name, my_stop - my_start, elapsed_s, prepare_s,
-    )  # fmt: skip
+    logger.info("%sOMP %s: %d rows in %.1f s", ctx.prefix(), name, my_stop - my_start, elapsed_s)
 
     def stacked(key: str, dtype: torch.dtype, width: tuple[int, ...]) -> torch.Tensor:
         if parts:
@@ -157,4 +139,82 @@ def solve_pass(
             ("target_norm", torch.float32, ()),
         )
     }
-    return PassResult(elapsed_s=elapsed_s, algorithm=prepared.path_name, **gathered)
+    return PassResult(elapsed_s=elapsed_s, algorithm=path_name, **gathered)
+
+
+def _solve_my_chunks(
+    name: str,
+    dictionary: torch.Tensor,
+    targets: torch.Tensor,
+    k: int,
+    ctx: DistContext,
+    store: ChunkStore,
+    score_dtype: torch.dtype,
+    chunk: int,
+    my_chunks: tuple[int, int],
+    show_progress: bool,
+) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """Solve (or load from the store) this rank's chunks ``[first, last)``; returns their
+    results in order and the path the solver took."""
+    n_rows = targets.shape[0]
+    first, last = my_chunks
+    started = time.perf_counter()
+    # Converted once per pass (and its Gram matrix built once, when the screened path pays);
+    # the algorithm is chosen from the whole pass's size, so every rank chooses alike.
+    prepared = prepare_dictionary(dictionary.to(ctx.device, torch.float32), score_dtype=score_dtype, n_targets=n_rows, k=k)
+    logger.debug("%sOMP %s: dictionary prepared in %.1f s", ctx.prefix(), name, time.perf_counter() - started)
+    parts: list[dict[str, torch.Tensor]] = []
+    bar = tqdm(
+        total=n_rows,
+        desc=f"OMP {name}",
+        unit="tok",
+        disable=not (show_progress and ctx.is_main),
+        dynamic_ncols=True,
+    )
+    with bar:
+        for c in range(first, last):
+            start, stop = c * chunk, min((c + 1) * chunk, n_rows)
+            saved = store.load(name, start, stop)
+            if saved is None:
+                result = solve_omp(prepared, targets[start:stop].to(ctx.device, torch.float32), k)
+                saved = {
+                    "indices": result.indices.cpu(),
+                    "coefficients": result.coefficients.cpu(),
+                    "residual_norm": result.residual_norm.cpu(),
+                    "target_norm": result.target_norm.cpu(),
+                }
+                store.save(name, start, stop, saved)
+            parts.append(saved)
+            # Rank 0 sees only its own shard; scale so the bar and ETA reflect the whole job.
+            bar.update((stop - start) * ctx.world_size if c < last - 1 else n_rows - bar.n)
+    return parts, prepared.path_name
+
+
+def _readable_solve_error(
+    exc: Exception, name: str, dictionary: torch.Tensor, n_rows: int, chunk: int, ctx: DistContext
+) -> BaseException:
+    """Out of memory becomes a one-line :class:`SolveMemoryError` naming the fix; a user error
+    stays as it is; anything else (a bug) is returned unchanged, traceback and all."""
+    if not is_out_of_memory(exc):
+        return exc
+    n_atoms, dim = dictionary.shape
+    fixes = f"pass --max-batch-tokens {max(64, chunk // 4)} (this pass used {chunk} rows per chunk)"
+    if ctx.device.type == "cuda":
+        fixes += ", free the GPU memory other processes hold, or solve on the CPU with --device cpu"
+    else:
+        fixes += ", or run where more memory is free (a GPU: --device cuda)"
+    return SolveMemoryError(
+        f"{ctx.prefix()}out of memory on {ctx.device} during the OMP {name} pass ({n_rows:,} new tokens, "
+        f"a {n_atoms:,} x {dim} dictionary{_allocation(exc)}); {fixes}."
+    )
+
+
+def _allocation(exc: BaseException) -> str:
+    """``", it tried to allocate 2.00 GiB"`` from torch's message, or ``""``."""
+    found = re.search(r"tried to allocate (\d+(?:\.\d+)? [KMGT]iB|\d+ bytes)", str(exc), re.IGNORECASE)
+    if found is None:
+        return ""
+    size = found.group(1)
+    if size.endswith(" bytes"):
+        size = gib(int(size.split()[0]))
+    return f", it tried to allocate {size}"
