@@ -19,6 +19,7 @@ never prints (``cli.py`` prints :func:`format_summary`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,6 +162,13 @@ def _read_donor_matrices(
     return ({"embed": embed} | ({"lm_head": head} if head is not None else {})), None
 
 
+def _same_source(base: str, donor: str) -> bool:
+    """The donor spec names the base itself: the same string, or two spellings of one path."""
+    if base == donor:
+        return True
+    return Path(base).exists() and Path(donor).exists() and Path(base).resolve() == Path(donor).resolve()
+
+
 def inspect_transplant(
     base: str,
     donor: str,
@@ -212,7 +220,12 @@ def inspect_transplant(
     new_bytes = donor_bytes if new_tokenizer is donor_tokenizer else token_bytes(new_tokenizer)
     alignment = align_vocabularies(base_bytes, donor_bytes, new_bytes, special_map=overrides)
     result: dict[str, Any] = {
-        "inputs": {"base": base, "donor": donor, "tokenizer": tokenizer or "donor"},
+        "inputs": {
+            "base": base,
+            "donor": donor,
+            "tokenizer": tokenizer or "donor",
+            "donor_is_base": _same_source(base, donor),
+        },
         "overlap": overlap_report(alignment, base_bytes, donor_bytes, new_bytes, n_examples=top),
         "digits": digit_split_report(
             base_tokenizer,
@@ -322,7 +335,7 @@ def format_summary(result: dict[str, Any], n_examples: int = 4) -> str:
     lines.append(
         f"  OMP dictionary (base and donor tokens with the same bytes): {overlap['dictionary_size']:,}"
     )
-    if overlap["fallback"] and inputs["donor"] == inputs["base"]:
+    if overlap["fallback"] and inputs.get("donor_is_base"):
         lines.append(
             "  no donor model: transplant without --donor builds each such token with bytes from the base's "
             "pieces (--method fvt, the default then); specials keep the mean row"

@@ -4,7 +4,8 @@ Schema (version 1), all JSON-native:
 
 - ``omp_init_version``, ``schema_version``, ``created_utc``, ``fingerprint``
 - ``config``: the resolved :class:`TransplantConfig`
-- ``inputs``: base / donor / tokenizer sources (kind, path, identity)
+- ``inputs``: base / donor / tokenizer sources (kind, path, identity); ``donor_is_base`` when the
+  donor resolves to the base itself (no donor model)
 - ``vocab``: sizes (base, donor, new, written rows) and counts of copied / solved / fallback /
   padding tokens, specials matched and how; ``fallback_built``: fallback tokens (no base or
   donor row, only with a ``--tokenizer`` that is not the donor's) that the method built anyway
@@ -135,7 +136,7 @@ def summarize(report: dict[str, Any]) -> str:
         f"  copied from base: {vocab['copied']:,}  built by {report['config']['method']}: {vocab['solved']:,}"
         f"  fallback: {vocab['fallback']:,}  padding: {vocab['padding']:,}",
     ]
-    if report["config"].get("donor") == report["config"].get("base") and vocab["fallback"]:
+    if report.get("inputs", {}).get("donor_is_base") and vocab["fallback"]:
         lines.append("  no donor model (the base stands in), so no new token has a donor row: all are fallback tokens")
     if vocab.get("fallback_built") and report["config"]["method"] != "mean":
         lines.append(

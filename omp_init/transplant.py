@@ -227,7 +227,7 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
             needed += ChunkStore.bytes_needed(len(alignment.solve_new_ids), config.k, n_passes)
         checkpoint.check_free_space(config.output, needed)
     base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
-    if Path(donor.local_dir).resolve() == Path(base.local_dir).resolve():
+    if _same_model(base, donor):
         donor_embed, donor_head = base_embed, base_head  # no donor model: read the base once
     else:
         donor_embed, donor_head = checkpoint.read_embeddings(donor.local_dir, donor_layout)
@@ -249,6 +249,11 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
         doc_start=doc_start,
         tokenizer_identity=_tokenizer_identity(config),
     )
+
+
+def _same_model(base: sources.ModelSource, donor: sources.ModelSource) -> bool:
+    """True when ``--donor`` names the base itself (left out, or another spelling of its path)."""
+    return Path(donor.local_dir).resolve() == Path(base.local_dir).resolve()
 
 
 def _check_alignment(config: TransplantConfig, alignment: vocab.VocabAlignment, new_size: int) -> None:
@@ -517,6 +522,7 @@ def _write(config, inputs: _Inputs, row_plans: list[_RowPlan], residuals, finger
             "base": {"kind": inputs.base.kind, "path": str(inputs.base.local_dir), "identity": inputs.base.identity},
             "donor": {"kind": inputs.donor.kind, "path": str(inputs.donor.local_dir), "identity": inputs.donor.identity},
             "tokenizer": inputs.tokenizer_identity,
+            "donor_is_base": _same_model(inputs.base, inputs.donor),
         },
         vocab=vocab_report,
         residuals=residuals,

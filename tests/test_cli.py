@@ -90,3 +90,16 @@ def test_no_donor_model_builds_from_the_base_pieces(tmp_path, capsys, byte_bpe_m
     assert report["config"]["donor"] == report["config"]["base"] == str(byte_bpe_model_dir)
     assert report["vocab"]["solved"] == 0 and report["vocab"]["fallback"] > 0
     assert "no donor model (the base stands in)" in capsys.readouterr().out
+
+
+def test_donor_spelled_as_the_base_is_no_donor(tmp_path, capsys, monkeypatch, byte_bpe_model_dir, sp_model_dir):
+    """``--donor`` naming the base by another path is a run without a donor model, and says so."""
+    monkeypatch.chdir(byte_bpe_model_dir.parent)
+    out = tmp_path / "o"
+    args = ["transplant", "--base", str(byte_bpe_model_dir), "--donor", f"./{byte_bpe_model_dir.name}/",
+            "--tokenizer", str(sp_model_dir), "--method", "fvt", "--output", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "omp_init_report.json").read_text())
+    assert report["config"]["donor"] != report["config"]["base"]
+    assert report["inputs"]["donor_is_base"] is True
+    assert "no donor model (the base stands in)" in capsys.readouterr().out

@@ -298,6 +298,14 @@ def test_cli_inspect_without_a_donor_model(tmp_path, capsys, byte_bpe_model_dir,
     overlap = result["overlap"]
     assert overlap["solved"] == 0 and overlap["fallback"] > 0
     assert result["inputs"]["donor"] == result["inputs"]["base"]
+    assert result["inputs"]["donor_is_base"] is True
+
+
+def test_cli_inspect_donor_spelled_as_the_base(tmp_path, capsys, monkeypatch, byte_bpe_model_dir, sp_model_dir):
+    monkeypatch.chdir(byte_bpe_model_dir.parent)
+    argv = ["inspect", str(byte_bpe_model_dir), f"./{byte_bpe_model_dir.name}", "--tokenizer", str(sp_model_dir)]
+    assert main(argv) == 0
+    assert "no donor model: transplant without --donor" in capsys.readouterr().out
 
 
 def test_cli_inspect_needs_donor_or_tokenizer(capsys, byte_bpe_model_dir):

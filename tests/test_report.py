@@ -10,6 +10,7 @@ def _report(mean_relative: float, k: int = 64) -> dict:
     return {
         "vocab": {"new_size": 20, "rows_written": 20, "copied": 10, "solved": 10, "fallback": 0, "padding": 0},
         "config": {"method": "omp+fvt", "k": k, "base": "b", "donor": "d"},
+        "inputs": {"donor_is_base": False},
         "residuals": {"embed": stats},
         "timings_s": {"total": 1.0},
         "world_size": 1,
@@ -29,6 +30,6 @@ def test_high_residual_suggests_k128(mean_relative, k, hinted):
 
 def test_no_donor_line():
     report = _report(0.3)
-    report["config"]["donor"] = "b"
+    report["inputs"]["donor_is_base"] = True  # set from the resolved paths, not the spellings
     report["vocab"]["fallback"] = 10
     assert "no donor model (the base stands in)" in summarize(report)
