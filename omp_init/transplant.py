@@ -223,7 +223,7 @@ def _load_inputs_here(config: TransplantConfig, writes: bool = True) -> _Inputs:
         out_dtype = _output_dtype(config, base_layout.dtype)
         needed = checkpoint.estimate_output_bytes(base.local_dir, base_layout, n_rows, out_dtype)
         if config.resume and config.method in OMP_METHODS:  # the chunk store sits beside --output
-            n_passes = 1 if base_layout.is_tied or donor_layout.is_tied else 2
+            n_passes = len(_omp_passes(base_layout.is_tied, donor_layout.is_tied))
             needed += ChunkStore.bytes_needed(len(alignment.solve_new_ids), config.k, n_passes)
         checkpoint.check_free_space(config.output, needed)
     base_embed, base_head = checkpoint.read_embeddings(base.local_dir, base_layout)
@@ -309,12 +309,10 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore) -> 
     solve_donor = torch.tensor(alignment.solve_donor_ids, dtype=torch.long)
     dict_base = torch.tensor(alignment.dict_base_ids, dtype=torch.long)
     labels = [_label(inputs.new_bytes, i) for i in alignment.solve_new_ids]
-    spaces = {"embed": inputs.donor_embed}
-    base_needs_head = inputs.base_head is not None
-    if base_needs_head and inputs.donor_head is not None:
-        spaces["lm_head"] = inputs.donor_head
+    spaces = {"embed": inputs.donor_embed, "lm_head": inputs.donor_head}
     recipes, residuals = {}, {}
-    for name, donor_matrix in spaces.items():
+    for name in _omp_passes(inputs.base_head is None, inputs.donor_head is None):
+        donor_matrix = spaces[name]
         dictionary, targets = donor_matrix[dict_donor].float(), donor_matrix[solve_donor].float()
         if config.center:
             # Rows share a large common component; hidden states see it in every logit. An
@@ -347,6 +345,12 @@ def _plan_rows(config, inputs: _Inputs, ctx: DistContext, store: ChunkStore) -> 
     else:
         solved = _RowPlan(alignment.solve_new_ids, recipes["embed"], recipes.get("lm_head", recipes["embed"]))
     return [solved, *_fallback_plans(config, inputs)], residuals
+
+
+def _omp_passes(base_is_tied: bool, donor_is_tied: bool) -> tuple[str, ...]:
+    """The donor spaces OMP runs in (see :func:`_plan_rows`): the lm_head space only when both
+    models are untied; the free-space check counts resume chunks with the same rule."""
+    return ("embed",) if base_is_tied or donor_is_tied else ("embed", "lm_head")
 
 
 def _fallback_plans(config, inputs: _Inputs) -> list[_RowPlan]:
