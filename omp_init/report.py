@@ -153,7 +153,7 @@ def summarize(report: dict[str, Any]) -> str:
     if worst >= HIGH_RESIDUAL and report["config"].get("k", 0) < 128:
         lines.append(
             f"  hint: a mean residual of {worst:.2f} leaves much of the donor rows unexplained; --k 128 measured "
-            "1.4-1.5% lower bits-per-byte at residuals of 0.48-0.61 (nothing at 0.33), for about twice the OMP "
+            "1.3-1.5% lower bits-per-byte at residuals of 0.48-0.61 (nothing at 0.33), for about 2.6 times the OMP "
             "time (docs/quality.md, 'Choosing k')"
         )
     for name, capped in report.get("row_norm_cap", {}).items():
