@@ -119,10 +119,10 @@ def solve_pass(
     except Exception as exc:  # raised after every rank has heard of it (check_all_ranks)
         error = _readable_solve_error(exc, name, dictionary, n_rows, chunk, ctx)
         parts, path_name = [], ""
+    elapsed_s = time.perf_counter() - started  # this rank's own work, not its wait for the others
     # A rank that failed alone would leave the others waiting at the gather below forever
     # (NCCL) or until the launcher kills them; this way every rank stops with a message.
     check_all_ranks(ctx, error)
-    elapsed_s = time.perf_counter() - started
     logger.info("%sOMP %s: %d rows in %.1f s", ctx.prefix(), name, my_stop - my_start, elapsed_s)
 
     def stacked(key: str, dtype: torch.dtype, width: tuple[int, ...]) -> torch.Tensor:
