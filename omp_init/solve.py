@@ -114,8 +114,9 @@ def solve_pass(
     error: BaseException | None = None
     try:
         parts, path_name = _solve_my_chunks(
-            name, dictionary, targets, k, ctx, store, score_dtype, chunk, (first, last), show_progress
-        )
+            name, dictionary, targets, k, ctx=ctx, store=store, score_dtype=score_dtype,
+            chunks=(chunk, first, last), show_progress=show_progress,
+        )  # fmt: skip
     except Exception as exc:  # raised after every rank has heard of it (check_all_ranks)
         error = _readable_solve_error(exc, name, dictionary, n_rows, chunk, ctx)
         parts, path_name = [], ""
@@ -142,22 +143,12 @@ def solve_pass(
     return PassResult(elapsed_s=elapsed_s, algorithm=path_name, **gathered)
 
 
-def _solve_my_chunks(
-    name: str,
-    dictionary: torch.Tensor,
-    targets: torch.Tensor,
-    k: int,
-    ctx: DistContext,
-    store: ChunkStore,
-    score_dtype: torch.dtype,
-    chunk: int,
-    my_chunks: tuple[int, int],
-    show_progress: bool,
-) -> tuple[list[dict[str, torch.Tensor]], str]:
-    """Solve (or load from the store) this rank's chunks ``[first, last)``; returns their
-    results in order and the path the solver took."""
+def _solve_my_chunks(name, dictionary, targets, k, *, ctx, store, score_dtype, chunks, show_progress):
+    """Solve (or load from the store) this rank's chunks; arguments as in :func:`solve_pass`,
+    with ``chunks = (rows per chunk, first, last)``: this rank's chunks are ``[first, last)``.
+    Returns their results in order and the path the solver took."""
     n_rows = targets.shape[0]
-    first, last = my_chunks
+    chunk, first, last = chunks
     started = time.perf_counter()
     # Converted once per pass (and its Gram matrix built once, when the screened path pays);
     # the algorithm is chosen from the whole pass's size, so every rank chooses alike.
